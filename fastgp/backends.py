@@ -1,0 +1,97 @@
+"""The one place a backend is chosen: by device, by `FASTGP_BACKEND`, and by what is installed.
+
+Every backend is a module with the functions of `fastgp.reference` (`interpolate`,
+`grad_norms`, `penalty_from_grad`, `normalize`) and the same signatures.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from types import ModuleType
+
+import torch
+
+NAMES = ("torch", "triton")
+ENV_VAR = "FASTGP_BACKEND"
+
+_MODULES = {"torch": "fastgp.reference", "triton": "fastgp.ops"}
+# Tried in this order for `auto` on CUDA tensors.
+_AUTO_ON_CUDA = ("triton",)
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """Whether a backend can run in this process and, if not, why not."""
+
+    name: str
+    available: bool
+    detail: str
+
+
+def _triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _why_not(name: str, device: torch.device | None) -> str | None:
+    """None if backend `name` runs on tensors of `device` (any device if None), else the reason."""
+    if name == "torch":
+        return None
+    if name == "triton":
+        if importlib.util.find_spec("triton") is None:
+            return "the triton package is not installed (pip install 'fastgp[triton]')"
+        if device is None:
+            if torch.cuda.is_available() or _triton_interpreted():
+                return None
+            return "no CUDA device, and TRITON_INTERPRET=1 is not set"
+        if device.type == "cuda":
+            return None
+        if device.type == "cpu" and _triton_interpreted():
+            return None
+        return f"Triton kernels run on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1), not on {device.type}"
+    raise AssertionError(name)
+
+
+def backends() -> dict[str, BackendStatus]:
+    """Which of the backends can run here, and why not: ``{name: BackendStatus}``."""
+    out = {}
+    for name in NAMES:
+        reason = _why_not(name, None)
+        if reason is None:
+            detail = "runs on any device" if name == "torch" else _triton_detail()
+            out[name] = BackendStatus(name, True, detail)
+        else:
+            out[name] = BackendStatus(name, False, reason)
+    return out
+
+
+def _triton_detail() -> str:
+    import triton
+
+    where = "CUDA tensors" if torch.cuda.is_available() else "CPU tensors through the interpreter"
+    return f"triton {triton.__version__}, on {where}"
+
+
+def requested(backend: str) -> str:
+    """`backend`, with `auto` replaced by `FASTGP_BACKEND` when that is set."""
+    if backend != "auto":
+        return backend
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env and env not in (*NAMES, "auto"):
+        raise ValueError(f"{ENV_VAR} must be one of {', '.join(map(repr, (*NAMES, 'auto')))}, got {env!r}")
+    return env or "auto"
+
+
+def select(backend: str, device: torch.device) -> ModuleType:
+    """The backend module for tensors on `device`; raises ValueError if `backend` cannot run there."""
+    name = requested(backend)
+    if name == "auto":
+        name = "torch"
+        if device.type == "cuda":
+            name = next((n for n in _AUTO_ON_CUDA if _why_not(n, device) is None), "torch")
+    reason = _why_not(name, device)
+    if reason is not None:
+        raise ValueError(f"backend={name!r} cannot run here: {reason}")
+    return importlib.import_module(_MODULES[name])
