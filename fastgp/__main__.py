@@ -1,0 +1,5 @@
+import sys
+
+from fastgp.cli import main
+
+sys.exit(main())
