@@ -411,7 +411,9 @@ def _run_one(args: argparse.Namespace) -> int:
     s = _settings(args, args.penalty)
     result = train(s, progress=not args.no_progress)
     write_figure(result, args.out / "demo.png")
-    (args.out / "metrics.json").write_text(json.dumps({**result.metrics, "history": result.history}, indent=2))
+    (args.out / "metrics.json").write_text(
+        json.dumps({**result.metrics, "history": result.history, "coverage_curve": result.track}, indent=2)
+    )
     m = result.metrics
     print(
         f"{s.penalty} ({s.loss} loss) on {s.data}: {m['modes_covered']}/{m['n_modes']} modes covered, "
