@@ -177,9 +177,10 @@ def row_norms(part_ptr, count_ptr, rows, row_mask, n_chunks, NORM: tl.constexpr,
     ties = tl.zeros(rows.shape, tl.int32)
     c = 0
     while c < n_chunks:  # `while`, not `for`: see the note on runtime loop bounds above
-        p = tl.load(part_ptr + base + c, mask=row_mask, other=0.0)
+        # .cg: read the other programs' partials from L2, never from a stale L1 line.
+        p = tl.load(part_ptr + base + c, mask=row_mask, other=0.0, cache_modifier=".cg")
         if NORM == 2:
-            k = tl.load(count_ptr + base + c, mask=row_mask, other=0)
+            k = tl.load(count_ptr + base + c, mask=row_mask, other=0, cache_modifier=".cg")
             take = (p > value) | (p != p)
             ties = tl.where(take, k, tl.where(p == value, ties + k, ties))
             value = tl.where(take, p, value)
