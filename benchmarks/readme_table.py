@@ -1,0 +1,28 @@
+"""Print the Markdown table of a `fastgp bench` results JSON, for the README (generated, never hand-typed).
+
+    python benchmarks/readme_table.py benchmarks/results/bench-<device>-<date>.json [--ops penalty,interpolate]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fastgp import bench
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="a JSON written by `fastgp bench`")
+    parser.add_argument("--ops", default=None, help=f"comma-separated ops to keep ({', '.join(bench.OPS)})")
+    args = parser.parse_args(argv)
+    results = json.loads(args.results.read_text())
+    ops = [o.strip() for o in args.ops.split(",")] if args.ops else None
+    sys.stdout.write(bench.format_markdown(results, ops=ops))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
