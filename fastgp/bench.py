@@ -14,6 +14,7 @@ median of many), CPU times from `time.perf_counter` after a warm-up, median of m
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import importlib
@@ -24,7 +25,7 @@ import platform
 import statistics
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -476,6 +477,18 @@ def _grads(D: nn.Module) -> list[Tensor]:
     return [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in D.parameters()]
 
 
+@contextlib.contextmanager
+def _no_tf32() -> Iterator[None]:
+    """Full fp32 convolutions and matmuls for a check: TF32 rounding of two slightly different x̂ would otherwise
+    read as a disagreement of the critic's gradients, not of the penalty."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def _compare_step(loss: Tensor, D: nn.Module, want_loss: Tensor, want_D: nn.Module, dtype: str) -> str | None:
     names = ["loss", *(f"dL/d{n}" for n, _ in D.named_parameters())]
     return _compare([loss, *_grads(D)], [want_loss, *_grads(want_D)], dtype, names)
@@ -500,6 +513,7 @@ def _prepare_wgan_step(case: Case, provider: str, device: torch.device) -> Prepa
         opt.step()
         return loss
 
+    @_no_tf32()
     def check() -> str | None:
         if backend is None:
             return None  # the eager step is the reference
@@ -547,6 +561,7 @@ def _prepare_r1(case: Case, provider: str, device: torch.device) -> Prepared:
         opt.step()
         return loss
 
+    @_no_tf32()
     def check() -> str | None:
         if provider == "eager":
             return None
@@ -727,6 +742,7 @@ class Row:
     time_p80_ms: float | None = None
     reps: int | None = None
     timer: str = ""
+    host_ms: float | None = None
     traffic_bytes: int | None = None
     bytes_per_s: float | None = None
     roofline_fraction: float | None = None
@@ -734,6 +750,7 @@ class Row:
     kernels: list[str] | None = None
     speedup_vs_eager: float | None = None
     speedup_vs_compile: float | None = None
+    speedup_vs_eager_host: float | None = None
     saved_vs_eager: float | None = None
     targets: list[dict[str, Any]] = field(default_factory=list)
 
@@ -765,6 +782,14 @@ def run_provider(case: Case, provider: str, device: torch.device | str, *, compi
         row.bytes_per_s = case.traffic_bytes / (timing.median_ms / 1e3)
         if roofline:
             row.roofline_fraction = row.bytes_per_s / roofline
+    if device.type == "cuda":
+        # Events time the device; do_bench's L2 flush before each run also lets the host queue launches ahead,
+        # hiding launch overhead. The wall clock per call (with a synchronize) is what a launch-bound loop sees.
+        def synced() -> None:
+            prepared.run()
+            torch.cuda.synchronize()
+
+        row.host_ms = _measure_cpu(synced, warmup_ms, rep_ms).median_ms
     launches = count_launches(prepared.run, device)
     if launches is not None:
         row.launches, row.kernels = launches
@@ -819,6 +844,8 @@ def finish_case(case: Case, rows: list[Row], device: torch.device | str) -> list
             row.saved_vs_eager = 1.0 - row.time_ms / eager.time_ms
         if compiled is not None:
             row.speedup_vs_compile = compiled.time_ms / row.time_ms
+        if eager is not None and eager.host_ms is not None and row.host_ms is not None:
+            row.speedup_vs_eager_host = eager.host_ms / row.host_ms
         row.targets = evaluate_targets(case, row, device)
     return rows
 
@@ -905,7 +932,7 @@ def run(
 # Output: table, JSON, PNG
 # ----------------------------------------------------------------------------------------------------------------
 
-TABLE_COLUMNS = ("case", "provider", "median ms", "× eager", "× compile", "saved", "GB/s", "% roofline",
+TABLE_COLUMNS = ("case", "provider", "median ms", "host ms", "× eager", "× compile", "saved", "GB/s", "% roofline",
                  "launches", "targets / note")
 
 
@@ -934,11 +961,11 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
         if r["status"] == "skipped":
             continue
         if r["status"] != "ok":
-            out.append([r["case"], r["provider"], r["status"].upper(), "", "", "", "", "", "", r["reason"]])
+            out.append([r["case"], r["provider"], r["status"].upper(), "", "", "", "", "", "", "", r["reason"]])
             continue
         saved = r["saved_vs_eager"]
         out.append([
-            r["case"], r["provider"], _fmt(r["time_ms"], ".4g"),
+            r["case"], r["provider"], _fmt(r["time_ms"], ".4g"), _fmt(r.get("host_ms"), ".4g"),
             _fmt(r["speedup_vs_eager"], ".2f", "×"), _fmt(r["speedup_vs_compile"], ".2f", "×"),
             "—" if saved is None or r["provider"] == "eager" else f"{saved:+.0%}",
             _fmt(None if r["bytes_per_s"] is None else r["bytes_per_s"] / 1e9, ".1f"),
@@ -969,6 +996,8 @@ def header_lines(results: dict[str, Any]) -> list[str]:
     if env["device"] != "cuda":
         lines.append("CPU run: times are CPU times; fused GPU backends are skipped; launches and GPU targets n/a; "
                      "'% roofline' is of the CPU copy bandwidth, and cases that fit in cache can exceed 100%.")
+    if env["device"] == "cuda":
+        lines.append("median ms: CUDA events (do_bench, L2 flushed); host ms: wall clock per call with a synchronize.")
     lines.append("speed-ups are eager time / provider time (higher is better); saved = 1 - provider / eager.")
     return lines
 
