@@ -14,10 +14,12 @@ from fastgp.api import (
 from fastgp.backends import backends
 from fastgp.margin import MarginResult, margin
 from fastgp.presets import Preset, presets
+from fastgp.training import LazyRegularizer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LazyRegularizer",
     "MarginResult",
     "PenaltyDetails",
     "Preset",

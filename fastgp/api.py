@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fastgp import backends, reference, validation
+from fastgp import backends, reference, training, validation
 from fastgp.presets import presets
 
 _BACKEND_NAMES = ("auto", *backends.NAMES)
@@ -65,6 +65,8 @@ def _differentiate(
         raise ValueError("D's output does not depend on its input x (the gradient is None)")
     if scaler is not None:
         grad = grad * (1.0 / scaler.get_scale())
+    if create_graph:
+        training.check_critic(D, grad)
     return scores, grad
 
 

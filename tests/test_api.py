@@ -315,3 +315,61 @@ def test_scaler_unscales_the_input_gradient():
     torch.testing.assert_close(det.grad, det0.grad, rtol=1e-12, atol=0)
     disabled = torch.amp.GradScaler("cpu", enabled=False)
     torch.testing.assert_close(fastgp.gradient_penalty(D, real, fake, seed=3, scaler=disabled), plain)
+
+
+@pytest.mark.parametrize("points", ["interpolate", "real", "fake", "dragan"])
+@pytest.mark.parametrize(
+    "norm,constraint,reduction", [(n, c, r) for n in R.NORMS for c in R.CONSTRAINTS for r in R.REDUCTIONS]
+)
+def test_every_points_norm_constraint_reduction(points, norm, constraint, reduction):
+    import explicit
+
+    D = mlp(3)
+    real, fake = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    P, det = fastgp.gradient_penalty(
+        D,
+        real,
+        fake,
+        points=points,
+        norm=norm,
+        constraint=constraint,
+        center=0.5,
+        weight=2.0,
+        reduction=reduction,
+        seed=11,
+        return_details=True,
+    )
+    want, _, _ = explicit.penalty(det.grad.detach(), norm, constraint, 0.5, 2.0, reduction)
+    torch.testing.assert_close(P, want, rtol=1e-10, atol=0)
+    expected_x = {"real": real, "fake": fake}.get(points)
+    if points == "interpolate":
+        expected_x = det.alpha[:, None] * real + (1 - det.alpha[:, None]) * fake
+    if expected_x is not None:
+        torch.testing.assert_close(det.x_hat, expected_x)
+    x = det.x_hat.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(D(x).sum(), x)
+    torch.testing.assert_close(det.grad, g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_low_precision_and_layouts_end_to_end(dtype, layout):
+    D64 = conv()
+    real, fake = torch.randn(4, 3, 6, 5, dtype=torch.float64), torch.randn(4, 3, 6, 5, dtype=torch.float64)
+    D64(real)
+    want = fastgp.gradient_penalty(D64, real, fake, preset="r1")
+    D = conv().to(dtype)
+    D(real.to(dtype))
+    D.load_state_dict(D64.state_dict())
+    r, f = real.to(dtype), fake.to(dtype)
+    if layout == "channels_last":
+        r, f = r.to(memory_format=torch.channels_last), f.to(memory_format=torch.channels_last)
+    elif layout == "strided":
+        r = torch.stack([r, r], dim=-1)[..., 0]
+        f = torch.stack([f, f], dim=-1)[..., 0]
+        assert not r.is_contiguous()
+    torch.testing.assert_close(r.double(), real.to(dtype).double())
+    P = fastgp.gradient_penalty(D, r, f, preset="r1")
+    assert P.dtype == torch.float32 and torch.isfinite(P)
+    tol = {torch.float16: 3e-2, torch.bfloat16: 1e-1, torch.float32: 1e-4}[dtype]
+    torch.testing.assert_close(P.double(), want, rtol=tol, atol=tol)
