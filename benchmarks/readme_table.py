@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+# A script in the checkout reads the checkout's fastgp, installed or not.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fastgp import bench
 
 

@@ -952,8 +952,14 @@ def _targets_text(row: dict[str, Any], evaluated: bool) -> str:
     return text + (f"; missed: {', '.join(failed)}" if failed else "")
 
 
+def table_columns(results: dict[str, Any]) -> list[str]:
+    """`TABLE_COLUMNS`, less ``host ms`` on a CPU run (where it would repeat ``median ms``)."""
+    cuda = results["environment"]["device"] == "cuda"
+    return [c for c in TABLE_COLUMNS if cuda or c != "host ms"]
+
+
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
-    """The table of `TABLE_COLUMNS` as strings, one row per case × provider that ran (or ran wrong)."""
+    """The table of `table_columns` as strings, one row per case × provider that ran (or ran wrong)."""
     cuda = results["environment"]["device"] == "cuda"
     evaluated = results.get("targets_evaluated", False)
     out = []
@@ -973,6 +979,8 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
             _fmt(r["launches"], "d") if cuda else "n/a",
             _targets_text(r, evaluated),
         ])  # fmt: skip
+    if not cuda:
+        out = [r[:3] + r[4:] for r in out]
     return out
 
 
@@ -1004,9 +1012,9 @@ def header_lines(results: dict[str, Any]) -> list[str]:
 
 def format_table(results: dict[str, Any]) -> str:
     """A fixed-width text table for the terminal, then the skipped providers and why."""
-    rows = table_rows(results)
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(TABLE_COLUMNS)]
-    line = "  ".join(h.ljust(w) for h, w in zip(TABLE_COLUMNS, widths, strict=True))
+    rows, columns = table_rows(results), table_columns(results)
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(columns)]
+    line = "  ".join(h.ljust(w) for h, w in zip(columns, widths, strict=True))
     body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     skipped = skipped_lines(results)
     return "\n".join([*header_lines(results), "", line.rstrip(), "-" * len(line.rstrip()), *body,
@@ -1018,10 +1026,9 @@ def format_markdown(results: dict[str, Any], *, ops: Sequence[str] | None = None
     keep = dict(results)
     if ops:
         keep["rows"] = [r for r in results["rows"] if r["op"] in ops]
-    rows = table_rows(keep)
-    head = "| " + " | ".join(TABLE_COLUMNS) + " |"
-    rule = "|" + "|".join(" --- " if i < 2 or i == len(TABLE_COLUMNS) - 1 else " ---: " for i in
-                          range(len(TABLE_COLUMNS))) + "|"
+    rows, columns = table_rows(keep), table_columns(keep)
+    head = "| " + " | ".join(columns) + " |"
+    rule = "|" + "|".join(" --- " if i < 2 or i == len(columns) - 1 else " ---: " for i in range(len(columns))) + "|"
     body = ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     intro = [f"{line}  " for line in header_lines(results)]
     skipped = [f"- {line}" for line in skipped_lines(keep)]
