@@ -1,6 +1,8 @@
 """Print the Markdown table of a `fastgp bench` results JSON, for the README (generated, never hand-typed).
 
-    python benchmarks/readme_table.py benchmarks/results/bench-<device>-<date>.json [--ops penalty,interpolate]
+    python benchmarks/readme_table.py benchmarks/results/bench-<device>-<date>.json [...] [--ops penalty,interpolate]
+
+Several JSONs from one device (a GPU run split by ``fastgp bench --cases``) make one table.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from fastgp import bench
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, help="a JSON written by `fastgp bench`")
+    parser.add_argument("results", type=Path, nargs="+", help="JSONs written by `fastgp bench` on one device")
     parser.add_argument("--ops", default=None, help=f"comma-separated ops to keep ({', '.join(bench.OPS)})")
     args = parser.parse_args(argv)
-    results = json.loads(args.results.read_text())
+    results = bench.merge([json.loads(path.read_text()) for path in args.results])
     ops = [o.strip() for o in args.ops.split(",")] if args.ops else None
     sys.stdout.write(bench.format_markdown(results, ops=ops))
     return 0

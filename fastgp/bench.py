@@ -18,6 +18,7 @@ import contextlib
 import copy
 import fnmatch
 import importlib
+import itertools
 import json
 import math
 import os
@@ -755,9 +756,10 @@ class Row:
     targets: list[dict[str, Any]] = field(default_factory=list)
 
 
-def run_provider(case: Case, provider: str, device: torch.device | str, *, compile: str = "all",
-                 roofline: float | None = None, warmup_ms: float = 25.0, rep_ms: float = 100.0) -> Row:
-    """Check `provider` against eager on `case`, then time it and count its launches (CUDA)."""
+def check_provider(case: Case, provider: str, device: torch.device | str, *,
+                   compile: str = "all") -> tuple[Row, Prepared | None]:
+    """Build `provider` on `case` and check it against eager: the row (``ok`` or why not) and, if ``ok``, the
+    prepared provider to time. A wrong provider is never timed."""
     device = torch.device(device)
     row = Row(case.id, case.op, provider, "ok", shape=list(case.shape), dtype=case.dtype,
               traffic_bytes=case.traffic_bytes)
@@ -765,34 +767,76 @@ def run_provider(case: Case, provider: str, device: torch.device | str, *, compi
         prepared = prepare(case, provider, device, compile=compile)
     except Skip as exc:
         row.status, row.reason = "skipped", str(exc)
-        return row
+        return row, None
     try:
         problem = prepared.check()
         synchronize(device)
     except Exception as exc:
         row.status, row.reason = "error", f"{type(exc).__name__}: {exc}"
-        return row
+        return row, None
     if problem is not None:
-        row.status, row.reason = "wrong", problem  # a wrong kernel is never timed
-        return row
-    timing = measure(prepared.run, device, warmup_ms=warmup_ms, rep_ms=rep_ms)
-    row.time_ms, row.time_p20_ms, row.time_p80_ms = timing.median_ms, timing.p20_ms, timing.p80_ms
-    row.reps, row.timer = timing.reps, timing.timer
-    if case.traffic_bytes is not None:
-        row.bytes_per_s = case.traffic_bytes / (timing.median_ms / 1e3)
-        if roofline:
-            row.roofline_fraction = row.bytes_per_s / roofline
+        row.status, row.reason = "wrong", problem
+        return row, None
+    return row, prepared
+
+
+def _measure_cpu_interleaved(fns: dict[str, Callable[[], Any]], warmup_ms: float, rep_ms: float,
+                             min_rounds: int = 5) -> dict[str, Timing]:
+    """Round-robin over the providers, one call each per round: on a shared CPU, load that comes and goes then
+    falls on every provider alike instead of on whichever happened to be timed at that moment."""
+    for fn in fns.values():
+        _measure_cpu(fn, warmup_ms / len(fns), 0.0, min_reps=1, max_reps=1)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    stop = time.perf_counter() + rep_ms * len(fns) / 1e3
+    rounds = 0
+    while rounds < min_rounds or (time.perf_counter() < stop and rounds < 10_000):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+    return {name: _summary(t, "cpu perf_counter, interleaved rounds, median") for name, t in times.items()}
+
+
+def time_providers(case: Case, ready: dict[str, Prepared], rows: dict[str, Row], device: torch.device | str, *,
+                   roofline: float | None = None, warmup_ms: float = 25.0, rep_ms: float = 100.0) -> None:
+    """Time the checked providers of one case into their rows; on CUDA also the host time and the launches."""
+    device = torch.device(device)
+    if not ready:
+        return
     if device.type == "cuda":
+        timings = {name: measure(p.run, device, warmup_ms=warmup_ms, rep_ms=rep_ms) for name, p in ready.items()}
+    else:
+        timings = _measure_cpu_interleaved({name: p.run for name, p in ready.items()}, warmup_ms, rep_ms)
+    for name, prepared in ready.items():
+        row, timing = rows[name], timings[name]
+        row.time_ms, row.time_p20_ms, row.time_p80_ms = timing.median_ms, timing.p20_ms, timing.p80_ms
+        row.reps, row.timer = timing.reps, timing.timer
+        if case.traffic_bytes is not None:
+            row.bytes_per_s = case.traffic_bytes / (timing.median_ms / 1e3)
+            if roofline:
+                row.roofline_fraction = row.bytes_per_s / roofline
+        if device.type != "cuda":
+            continue
         # Events time the device; do_bench's L2 flush before each run also lets the host queue launches ahead,
         # hiding launch overhead. The wall clock per call (with a synchronize) is what a launch-bound loop sees.
-        def synced() -> None:
-            prepared.run()
+        def synced(run: Callable[[], Any] = prepared.run) -> None:
+            run()
             torch.cuda.synchronize()
 
         row.host_ms = _measure_cpu(synced, warmup_ms, rep_ms).median_ms
-    launches = count_launches(prepared.run, device)
-    if launches is not None:
-        row.launches, row.kernels = launches
+        launches = count_launches(prepared.run, device)
+        if launches is not None:
+            row.launches, row.kernels = launches
+
+
+def run_provider(case: Case, provider: str, device: torch.device | str, *, compile: str = "all",
+                 roofline: float | None = None, warmup_ms: float = 25.0, rep_ms: float = 100.0) -> Row:
+    """Check one provider against eager on `case`, then time it (alone; `run` interleaves a case's providers)."""
+    row, prepared = check_provider(case, provider, device, compile=compile)
+    if prepared is not None:
+        time_providers(case, {provider: prepared}, {provider: row}, device, roofline=roofline,
+                       warmup_ms=warmup_ms, rep_ms=rep_ms)
     return row
 
 
@@ -911,9 +955,18 @@ def run(
     bandwidth = copy_bandwidth(device)
     todo = [(c, p) for c in cases for p in provider_names(c.op) if providers is None or p in providers]
     rows: dict[Case, list[Row]] = {c: [] for c in cases}
-    for case, provider in (progress(todo) if progress else todo):
-        rows[case].append(run_provider(case, provider, device, compile=compile, roofline=bandwidth["bytes_per_s"],
-                                       warmup_ms=warmup_ms, rep_ms=rep_ms))
+    # Check every provider of a case first, then time them together (interleaved on a CPU); the progress bar
+    # advances as providers are checked.
+    for case, group in itertools.groupby(progress(todo) if progress else todo, key=lambda item: item[0]):
+        ready: dict[str, Prepared] = {}
+        for _, provider in group:
+            row, prepared = check_provider(case, provider, device, compile=compile)
+            rows[case].append(row)
+            if prepared is not None:
+                ready[provider] = prepared
+        time_providers(case, ready, {r.provider: r for r in rows[case]}, device, roofline=bandwidth["bytes_per_s"],
+                       warmup_ms=warmup_ms, rep_ms=rep_ms)
+        del ready
         if device.type == "cuda":
             torch.cuda.empty_cache()
     out = [r for c in cases for r in finish_case(c, rows[c], device)]
@@ -1033,6 +1086,15 @@ def format_markdown(results: dict[str, Any], *, ops: Sequence[str] | None = None
     intro = [f"{line}  " for line in header_lines(results)]
     skipped = [f"- {line}" for line in skipped_lines(keep)]
     return "\n".join([*intro, "", head, rule, *body, *([""] if skipped else []), *skipped]) + "\n"
+
+
+def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One results dict from several runs on the same device (a GPU run split by ``--cases`` to fit a time
+    limit); the first run's environment and roofline head the table."""
+    names = {p["environment"]["device_name"] for p in parts}
+    if len(names) > 1:
+        raise ValueError(f"results from different devices cannot share a table: {sorted(names)}")
+    return {**parts[0], "rows": [r for p in parts for r in p["rows"]]}
 
 
 def output_stem(results: dict[str, Any]) -> str:

@@ -55,13 +55,13 @@ def _progress(items: Iterable[tuple[bench.Case, str]]) -> Iterator[tuple[bench.C
 
 def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cpu" if args.quick else bench.default_device()))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("fastgp bench: --device cuda, but no CUDA device is visible (try --device cpu)", file=sys.stderr)
-        return 2
     cases = bench.select_cases(bench.default_cases(device, quick=args.quick), args.cases)
     if args.list:
         print("\n".join(c.id for c in cases))
         return 0
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("fastgp bench: --device cuda, but no CUDA device is visible (try --device cpu)", file=sys.stderr)
+        return 2
     if not cases:
         print(f"fastgp bench: no case matches --cases {args.cases!r} (see --list)", file=sys.stderr)
         return 2
