@@ -1098,13 +1098,13 @@ def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def output_stem(results: dict[str, Any]) -> str:
-    """``bench-<device>-<date>``, e.g. ``bench-nvidia-h100-80gb-hbm3-20261123T1700``, for the JSON and PNG."""
+    """``bench-<device>-<date>``, e.g. ``bench-nvidia-h100-80gb-hbm3-20261123T170005``, for the JSON and PNG."""
     env = results["environment"]
     name = env["device_name"] if env["device"] == "cuda" else "cpu"
     slug = "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
     while "--" in slug:
         slug = slug.replace("--", "-")
-    stamp = env["date"].replace("-", "").replace(":", "")[:13]
+    stamp = env["date"].replace("-", "").replace(":", "")[:15]  # to the second: split runs must not collide
     return f"bench-{slug}-{stamp}" + ("-quick" if results["settings"].get("quick") else "")
 
 
