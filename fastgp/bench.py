@@ -52,7 +52,7 @@ DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
 }
 OPS = ("penalty", "interpolate", "normalize", "wgan_step", "r1")
-# The fused ops: one row of mandatory traffic each, roofline and launch targets apply to them.
+# The ops fastgp fuses: each has a mandatory traffic (roofline), a torch.compile baseline and GPU targets.
 FUSED_OPS = ("penalty", "interpolate", "normalize")
 # Passes over the (B, d) tensor that no implementation can avoid. penalty fwd+bwd: read g (fwd), read g and
 # write ∂P/∂g (bwd). interpolate (fwd): read real and fake, write x̂. normalize fwd+bwd: as the penalty.
