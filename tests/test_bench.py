@@ -98,3 +98,32 @@ def test_benchmarks_collect() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for op in bench.OPS:
         assert f"test_bench_{op}.py::test_{op}[" in proc.stdout
+
+
+TINY = [
+    bench.Case("penalty", (4, 3, 8, 8), "bf16", "linf"),
+    bench.Case("interpolate", (4, 3, 8, 8), "fp16"),
+    bench.Case("normalize", (4, 3, 8, 8), "fp32", "l1", "pgn"),
+    bench.Case("wgan_step", (8, 2), "fp32", variant="mlp", width=16),
+    bench.Case("r1", (8, 2), "fp32", variant="mlp", width=16),
+]
+
+
+@pytest.mark.parametrize("case", TINY, ids=str)
+def test_fused_providers_pass_their_check(case: bench.Case, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The benchmark's wiring of every fused backend that runs here (on a CPU, Triton through its interpreter)
+    agrees with eager, so a GPU run times the right function."""
+    monkeypatch.setattr(bench, "backend_skip_reason", lambda name, device: None)  # timings are not taken here
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    names = []
+    for name in bench.backend_names():
+        try:
+            bench.backends.select(name, device)
+        except Exception:
+            continue
+        names.append(name)
+    providers = [p for p in bench.provider_names(case.op) if bench.backend_of(p) in names]
+    assert providers
+    for provider in providers:
+        row, prepared = bench.check_provider(case, provider, device)
+        assert row.status == "ok" and prepared is not None, (provider, row.reason)
