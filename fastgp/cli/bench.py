@@ -65,16 +65,19 @@ def run(args: argparse.Namespace) -> int:
     if not cases:
         print(f"fastgp bench: no case matches --cases {args.cases!r} (see --list)", file=sys.stderr)
         return 2
-    # On a shared CPU, OpenMP threads waiting on each other turn other people's load into 10-100x outliers.
-    threads = args.threads or (1 if device.type == "cpu" else None)
-    if threads:
-        torch.set_num_threads(threads)
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else None
     compile_policy = args.compile or bench.default_compile(device, quick=args.quick)
     rep_ms = args.rep_ms or (200.0 if args.quick else 100.0)
-
-    results: dict[str, Any] = bench.run(cases, device, compile=compile_policy, providers=providers, rep_ms=rep_ms,
-                                        progress=_progress, quick=args.quick)
+    # On a shared CPU, OpenMP threads waiting on each other turn other people's load into 10-100x outliers.
+    threads = args.threads or (1 if device.type == "cpu" else None)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        results: dict[str, Any] = bench.run(cases, device, compile=compile_policy, providers=providers,
+                                            rep_ms=rep_ms, progress=_progress, quick=args.quick)
+    finally:
+        torch.set_num_threads(before)  # callers in the same process (tests) keep their own setting
     print(bench.format_table(results))
     stem = bench.output_stem(results)
     json_path = bench.write_json(results, args.out / f"{stem}.json")
