@@ -121,8 +121,16 @@ def test_penalty_matches_reference(small_chunks, norm, constraint, reduction, dt
     grad = randn(3, 5, 13, dtype=dtype, scale=0.3)  # d = 65: 3 chunks of 32, the last partial
     scores = randn(3, dtype=dtype)
     center = R.grad_norms(grad.double(), norm).mean().item()  # some samples on each side of c
-    check_penalty(grad, scores, norm=norm, constraint=constraint, center=center, weight=3.0,
-                  reduction=reduction, output_weight=0.25)
+    check_penalty(
+        grad,
+        scores,
+        norm=norm,
+        constraint=constraint,
+        center=center,
+        weight=3.0,
+        reduction=reduction,
+        output_weight=0.25,
+    )
 
 
 @pytest.mark.parametrize("norm", NORMS)
@@ -132,9 +140,7 @@ def test_penalty_default_chunking_and_many_rows(norm):
     check_penalty(grad, randn(150), norm=norm, center=1.0, weight=10.0, output_weight=0.1)
 
 
-@pytest.mark.parametrize(
-    "layout", ["contiguous", "channels_last", "sliced", "batch_inner", "batch_of_one", "expanded"]
-)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "batch_inner", "batch_of_one", "expanded"])
 def test_penalty_layouts(small_chunks, layout):
     base = randn(4, 3, 5, 6)
     grad = {
@@ -292,7 +298,7 @@ def test_interpolate_formula_and_gradients(small_chunks, layout, dtype):
     assert alpha.dtype == acc and alpha.shape == (3,) and ((alpha >= 0) & (alpha < 1)).all()
     assert x_hat.dtype == dtype and x_hat.shape == real.shape
     a = alpha.view(-1, 1, 1, 1)
-    expected = lambda d: (a.to(d) * real.to(d) + (1 - a.to(d)) * fake.to(d))  # noqa: E731
+    expected = lambda d: a.to(d) * real.to(d) + (1 - a.to(d)) * fake.to(d)  # noqa: E731
     assert_close("x_hat", x_hat, expected(acc).to(dtype), expected(torch.float64), dtype)
     w = randn(*real.shape, dtype=dtype)
     dreal, dfake = torch.autograd.grad((x_hat * w).sum(), (real, fake))
@@ -389,8 +395,15 @@ def _opcheck_cases():
 
 @pytest.mark.parametrize(
     "case",
-    ["interpolate", "interpolate_dragan", "interpolate_bwd", "penalty_fwd", "penalty_bwd", "normalize_fwd",
-     "normalize_bwd"],
+    [
+        "interpolate",
+        "interpolate_dragan",
+        "interpolate_bwd",
+        "penalty_fwd",
+        "penalty_bwd",
+        "normalize_fwd",
+        "normalize_bwd",
+    ],
 )
 def test_opcheck(case):
     op, args = _opcheck_cases()[case]
