@@ -5,8 +5,8 @@ device is CUDA when there is one (``FASTGP_BENCH_DEVICE=cpu|cuda`` overrides); t
 on one torch thread (``FASTGP_BENCH_THREADS=n`` overrides). On CUDA each test also records, in ``extra_info``,
 the CUDA-event median (`triton.testing.do_bench`), GB/s, % of the copy bandwidth measured in the same session
 and the launch count; pytest-benchmark's own host timer covers the call plus a synchronize. Every measured
-test appends one JSON line, with the device name and versions, to ``benchmarks/results/benchmark_data.jsonl``
-(``FASTGP_BENCH_DATA=path``, or empty to skip). ``FASTGP_BENCH_COMPILE=all|one|none`` picks the cases that
+test appends one JSON line, with the device name and versions, to the file named by ``FASTGP_BENCH_DATA``
+(nothing is written when it is unset, so a casual run leaves the tree clean). ``FASTGP_BENCH_COMPILE=all|one|none`` picks the cases that
 time torch.compile (default: all on CUDA, one on a CPU).
 """
 
@@ -30,7 +30,7 @@ DEVICE = bench.default_device()
 THREADS = os.environ.get("FASTGP_BENCH_THREADS") or ("1" if DEVICE.type == "cpu" else "")
 if THREADS:
     torch.set_num_threads(int(THREADS))
-DATA_FILE = os.environ.get("FASTGP_BENCH_DATA", str(Path(__file__).parent / "results" / "benchmark_data.jsonl"))
+DATA_FILE = os.environ.get("FASTGP_BENCH_DATA", "")
 # Host time spent repeating each test: enough rounds for a stable median, few enough for a CPU run in minutes.
 ROUNDS_BUDGET_S = 0.25
 
