@@ -6,8 +6,8 @@ on one torch thread (``FASTGP_BENCH_THREADS=n`` overrides). On CUDA each test al
 the CUDA-event median (`triton.testing.do_bench`), GB/s, % of the copy bandwidth measured in the same session
 and the launch count; pytest-benchmark's own host timer covers the call plus a synchronize. Every measured
 test appends one JSON line, with the device name and versions, to the file named by ``FASTGP_BENCH_DATA``
-(nothing is written when it is unset, so a casual run leaves the tree clean). ``FASTGP_BENCH_COMPILE=all|one|none`` picks the cases that
-time torch.compile (default: all on CUDA, one on a CPU).
+(nothing is written when it is unset, so a casual run leaves the tree clean).
+``FASTGP_BENCH_COMPILE=all|one|none`` picks the cases that time torch.compile (default: all on CUDA, one on a CPU).
 """
 
 from __future__ import annotations
