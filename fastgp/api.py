@@ -66,7 +66,7 @@ def _differentiate(
     if scaler is not None:
         grad = grad * (1.0 / scaler.get_scale())
     if create_graph:
-        training.check_critic(D, grad)
+        training.check_critic(D, x, grad)
     return scores, grad
 
 
@@ -126,21 +126,8 @@ def gradient_penalty(
     s = _settings(preset, points=points, norm=norm, constraint=constraint, center=center, weight=weight)
     validation.callable_("D", D)
     pts = s["points"]
-    if isinstance(pts, Tensor):
-        device = validation.tensor("points", pts).device
-    else:
-        validation.choice("points", pts, reference.POINTS)
-        need = {"interpolate": ("real", "fake"), "dragan": ("real",), "real": ("real",), "fake": ("fake",)}[pts]
-        given = {"real": real, "fake": fake}
-        for name in need:
-            if given[name] is None:
-                raise ValueError(f"points={pts!r} needs {name}, got None")
-            validation.tensor(name, given[name])
-        if real is not None and fake is not None:
-            validation.tensor("real", real)
-            validation.tensor("fake", fake)
-            validation.same_tensors(real, fake)
-        device = (real if real is not None else fake).device
+    own = isinstance(pts, Tensor)
+    device = validation.tensor("points", pts).device if own else validation.points(pts, real, fake)
     ps = _penalty_settings(s["norm"], s["constraint"], s["center"], s["weight"], reduction, output_weight)
     validation.seed(seed)
     args, kwargs = validation.d_args(d_args, d_kwargs)
@@ -158,7 +145,7 @@ def gradient_penalty(
 
 
 def interpolate(
-    real: Tensor,
+    real: Tensor | None,
     fake: Tensor | None = None,
     *,
     points: str = "interpolate",
@@ -171,16 +158,10 @@ def interpolate(
     sample from a generator keyed by `seed` (PyTorch's default generator when None).
     Differentiable in `real` and `fake`; returns ``x̂`` or ``(x̂, α)``.
     """
-    validation.choice("points", points, reference.POINTS)
-    validation.tensor("real", real)
-    if points in ("interpolate", "fake") or fake is not None:
-        if fake is None:
-            raise ValueError(f"points={points!r} needs fake, got None")
-        validation.tensor("fake", fake)
-        validation.same_tensors(real, fake)
+    device = validation.points(points, real, fake)
     validation.seed(seed)
     validation.choice("backend", backend, _BACKEND_NAMES)
-    x_hat, alpha = backends.select(backend, real.device).interpolate(real, fake, points, seed)
+    x_hat, alpha = backends.select(backend, device).interpolate(real, fake, points, seed)
     return (x_hat, alpha) if return_alpha else x_hat
 
 
@@ -246,7 +227,7 @@ def normalize(scores: Tensor, grad: Tensor, *, mode: str = "gn", norm: str = "l2
     PGN ``f̂ = (1-f) / (‖1-∇f‖ + |1-f|)`` (Xia, Algorithm 1), with ``f̂ = 0`` where the
     denominator is 0. `scores` holds one score per sample; `grad` is ``∂f/∂x`` with its graph
     (the generator's signal flows through it). Returns the shape and dtype of `scores`.
-    For 004's Theorem 6 variant use ``normalize(1 - f, g, mode="gn")``.
+    For Xia's Theorem 6 variant use ``normalize(1 - f, g, mode="gn")``.
     """
     validation.tensor("scores", scores)
     validation.tensor("grad", grad)

@@ -40,8 +40,8 @@ def margin(f: Callable[..., Any], x: Tensor, y: Tensor, *, p: float | str = 2) -
     p=1→q=∞, p=∞→q=1); `y` holds labels ±1. Works under ``no_grad`` (it enables grad itself)."""
     validation.callable_("f", f)
     validation.tensor("x", x)
-    if not isinstance(y, Tensor):
-        raise TypeError(f"y must be a torch.Tensor of labels ±1, got {type(y).__name__}")
+    if not isinstance(y, Tensor) or y.dtype == torch.bool:
+        raise TypeError(f"y must be a tensor of labels ±1, got {type(y).__name__} {getattr(y, 'dtype', '')}".rstrip())
     if y.shape != (x.shape[0],):
         raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
     if not bool(((y == 1) | (y == -1)).all()):

@@ -113,7 +113,7 @@ def penalty_from_grad(
 
 
 def normalize(scores: Tensor, grad: Tensor, mode: str = "gn", norm: str = "l2") -> Tensor:
-    """GN ``f̂ = f / (‖g‖ + |f|)`` (Wu et al. 2021) and PGN ``f̂ = (1-f) / (‖1-g‖ + |1-f|)`` (004).
+    """GN ``f̂ = f / (‖g‖ + |f|)`` (Wu et al. 2021) and PGN ``f̂ = (1-f) / (‖1-g‖ + |1-f|)`` (Xia).
 
     ``f̂ = 0`` with zero gradients where the denominator is 0. The division is guarded by
     ``q == 0`` rather than ``q > 0`` so that a NaN score stays NaN. Returns the shape and dtype

@@ -74,7 +74,7 @@ def _roll(t: Tensor) -> Tensor:
 
 
 def make_dataset(name: str) -> ToyData:
-    """One of `DATASETS`, all of radius about 10 (002 scales 8 Gaussians ×10 so that samples are far apart)."""
+    """One of `DATASETS`, all of radius about 10 (Thanh-Tung et al. 2019 scale 8 Gaussians ×10: samples far apart)."""
     if name == "8gaussians":
         angles = torch.arange(8) * (2 * math.pi / 8)
         refs = 10.0 * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
@@ -94,11 +94,11 @@ def make_dataset(name: str) -> ToyData:
 
 
 def swiss_roll_classes(n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-    """000 §4.2: class +1 the swiss roll, class -1 the same roll scaled by 1.5; `n` points of each class.
+    """Max-margin paper §4.2: class +1 the swiss roll, class -1 the same roll scaled by 1.5; `n` points of each.
 
     The roll is scikit-learn's ``make_swiss_roll`` seen from above, ``(t cos t, t sin t)`` with
     ``t ~ U[1.5π, 4.5π]``, no noise, scaled by 0.1 (radius 1.4, then 2.1 for class -1): at that scale a unit
-    gradient norm is a real constraint and an unpenalised classifier's margin (0.30) is that of 000 (0.27).
+    gradient norm is a real constraint and an unpenalised classifier's margin (0.30) is that of the paper (0.27).
     Returns `(positive (n, 2), negative (n, 2))`.
     """
     positive = 0.1 * _roll(_roll_param(torch.rand(n, generator=generator)))

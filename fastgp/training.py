@@ -61,13 +61,14 @@ class LazyRegularizer:
 # Critics already probed, and the BatchNorm layers of each module critic, held weakly so that a
 # discarded critic is forgotten.
 _probed: weakref.WeakSet = weakref.WeakSet()
-_probed_ids: set[int] = set()
+# Tensors compare elementwise, so leaves are held by id, with the tensor to rule out a reused id.
+_probed_leaves: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 _batchnorms: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _warned: weakref.WeakSet = weakref.WeakSet()
 
 
-def check_critic(D: Callable[..., Any], grad: Tensor) -> None:
-    """Run by the public functions on a critic they have just differentiated (``grad = ∂f/∂x``
+def check_critic(D: Callable[..., Any], x: Tensor, grad: Tensor) -> None:
+    """Run by the public functions on a critic they have just differentiated at `x` (``grad = ∂f/∂x``
     with its graph): warn about BatchNorm in training mode, and probe the double backward once.
 
     Set ``FASTGP_CHECK_DOUBLE_BACKWARD=0`` to skip the probe (it costs one extra double backward on
@@ -76,7 +77,7 @@ def check_critic(D: Callable[..., Any], grad: Tensor) -> None:
     if isinstance(D, nn.Module):
         _warn_batchnorm(D)
     if os.environ.get(CHECK_ENV_VAR, "1") != "0":
-        _probe_double_backward(D, grad)
+        _probe_double_backward(D, x, grad)
 
 
 def _warn_batchnorm(D: nn.Module) -> None:
@@ -100,20 +101,6 @@ def _warn_batchnorm(D: nn.Module) -> None:
     )
 
 
-def _seen(D: object) -> bool:
-    try:
-        return D in _probed
-    except TypeError:  # not weak-referenceable (a bound method, a builtin)
-        return id(D) in _probed_ids
-
-
-def _remember(D: object) -> None:
-    try:
-        _probed.add(D)
-    except TypeError:
-        _probed_ids.add(id(D))
-
-
 def _leaves(grad: Tensor) -> list[Tensor]:
     """The leaf tensors (parameters, inputs) that `grad`'s graph reaches."""
     leaves, seen, stack = [], set(), [grad.grad_fn]
@@ -129,10 +116,21 @@ def _leaves(grad: Tensor) -> list[Tensor]:
     return leaves
 
 
-def _probe_double_backward(D: object, grad: Tensor) -> None:
-    if grad.grad_fn is None or _seen(D):
+def _probe_double_backward(D: object, x: Tensor, grad: Tensor) -> None:
+    if grad.grad_fn is None:
         return
-    leaves = _leaves(grad)
+    # Keyed on the module (a bound method's too), else on the leaves the graph reaches: a critic
+    # wrapped in a fresh lambda every step is still probed once, not on every step.
+    owner = getattr(D, "__self__", D)
+    if isinstance(owner, nn.Module):
+        if owner in _probed:
+            return
+        leaves = _leaves(grad)
+    else:
+        leaves = _leaves(grad)
+        # The input is a fresh leaf every step: what identifies the critic is everything else.
+        if all(_probed_leaves.get(id(t)) is t for t in leaves if t is not x):
+            return
     if leaves:
         try:
             # autograd.grad with explicit inputs accumulates nothing into .grad and fires no
@@ -140,7 +138,10 @@ def _probe_double_backward(D: object, grad: Tensor) -> None:
             torch.autograd.grad(grad.float().square().sum(), leaves, retain_graph=True, allow_unused=True)
         except RuntimeError as err:
             raise RuntimeError(explain_double_backward_error(err)) from err
-    _remember(D)
+    if isinstance(owner, nn.Module):
+        _probed.add(owner)
+    else:
+        _probed_leaves.update((id(t), t) for t in leaves if t is not x)
 
 
 def explain_double_backward_error(err: BaseException) -> str:

@@ -48,6 +48,8 @@ def tensor(name: str, value: object) -> Tensor:
         raise ValueError(f"{name} must have a batch dimension, got a 0-d tensor")
     if value.shape[0] == 0:
         raise ValueError(f"{name} must not be an empty batch, got shape {tuple(value.shape)}")
+    if value.numel() == 0:
+        raise ValueError(f"{name} must have at least one entry per sample, got shape {tuple(value.shape)}")
     return value
 
 
@@ -67,6 +69,24 @@ def same_tensors(real: Tensor, fake: Tensor) -> None:
         raise TypeError(f"fake has dtype {fake.dtype} but real has {real.dtype}")
     if real.device != fake.device:
         raise ValueError(f"fake is on {fake.device} but real is on {real.device}")
+
+
+def points(value: object, real: object, fake: object) -> torch.device:
+    """`points` is a name of SPEC.md §2 and the batches it needs are there and agree; returns their device."""
+    choice("points", value, ("interpolate", "real", "fake", "dragan"))
+    need = {"interpolate": ("real", "fake"), "dragan": ("real",), "real": ("real",), "fake": ("fake",)}[value]
+    given = {"real": real, "fake": fake}
+    for name in need:
+        if given[name] is None:
+            raise ValueError(f"points={value!r} needs {name}, got None")
+    for name, t in given.items():
+        if t is not None:
+            tensor(name, t)
+    if real is not None and fake is not None:
+        same_tensors(real, fake)
+    if value == "dragan" and real.numel() < 2:
+        raise ValueError("points='dragan' needs at least two entries in real: it perturbs by std(real)")
+    return (real if real is not None else fake).device
 
 
 def seed(value: object) -> int | None:

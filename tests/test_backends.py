@@ -102,3 +102,44 @@ def test_env_var_routes_auto_to_a_fused_backend(monkeypatch):
     name, device = FUSED[0]
     monkeypatch.setenv("FASTGP_BACKEND", name)
     assert backends_module().select("auto", torch.device(device)) is not R
+
+
+@pytest.mark.parametrize("backend,device", FUSED)
+@pytest.mark.parametrize("norm", R.NORMS)
+def test_nan_under_max_reduction_gives_nan_gradients(backend, device, norm):
+    g = torch.randn(3, 4, device=device)
+    g[1, 2] = float("nan")
+    g.requires_grad_(True)
+    for b in (backend, "torch"):
+        P = fastgp.penalty_from_grad(g, norm=norm, reduction="max", backend=b)
+        (dg,) = torch.autograd.grad(P, g)
+        assert P.isnan() and dg.isnan().all(), b
+
+
+@pytest.mark.parametrize("backend,device", FUSED)
+def test_second_order_through_fused_ops(backend, device):
+    """Hessian-vector products of the penalty and of GN, and a GN critic inside a penalty."""
+    g = torch.randn(3, 5, dtype=torch.float64, device=device, requires_grad=True)
+    s = torch.randn(3, dtype=torch.float64, device=device, requires_grad=True)
+    v = torch.randn(3, 5, dtype=torch.float64, device=device)
+
+    def hvp(b):
+        P = fastgp.penalty_from_grad(g, scores=s, output_weight=0.3, backend=b)
+        f = fastgp.normalize(s, g, mode="pgn", backend=b).sum()
+        dg, ds = torch.autograd.grad(P + f, (g, s), create_graph=True)
+        return torch.autograd.grad((dg * v).sum() + ds.sum(), (g, s))
+
+    for a, b in zip(hvp(backend), hvp("torch"), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+    D = critic(device)
+    real, fake = torch.randn(2, 2, 3, 5, 6, dtype=torch.float64, device=device)
+    GN = fastgp.normalized(D, mode="gn", backend=backend)
+    P, det = fastgp.gradient_penalty(GN, real, fake, backend=backend, return_details=True)
+    P.backward()
+    ours = grads(D)
+    fastgp.gradient_penalty(
+        fastgp.normalized(D, mode="gn", backend="torch"), real, fake, points=det.x_hat.detach(), backend="torch"
+    ).backward()
+    for a, b in zip(ours, grads(D), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-11)

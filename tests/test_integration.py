@@ -509,16 +509,20 @@ def test_attention_critic_names_the_sdpa_workaround():
     assert torch.isfinite(D.qkv.weight.grad).all() and D.qkv.weight.grad.abs().sum() > 0
 
 
-def test_the_probe_runs_once_and_accumulates_nothing(monkeypatch):
+@pytest.mark.parametrize("wrap", ["module", "bound method", "fresh lambda"])
+def test_the_probe_runs_once_and_accumulates_nothing(monkeypatch, wrap):
     D = mlp()
     real = torch.randn(4, 6, dtype=torch.float64)
     calls = []
-    original = training._probe_double_backward
-    monkeypatch.setattr(training, "_probe_double_backward", lambda D, g: calls.append(D) or original(D, g))
-    fastgp.input_grad(D, real)
+    original = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(1) or original(*a, **k))
+    critic = {"module": lambda: D, "bound method": lambda: D.forward, "fresh lambda": lambda: lambda x: D(x)}[wrap]
+    fastgp.input_grad(critic(), real)
     assert all(p.grad is None for p in D.parameters())
-    fastgp.gradient_penalty(D, real, preset="r1")
-    assert len(calls) == 2 and training._seen(D)
+    assert len(calls) == 2  # the input gradient, then the one probe
+    for _ in range(3):
+        fastgp.gradient_penalty(critic(), real, preset="r1")
+    assert len(calls) == 5  # one input gradient per call, no further probe
 
 
 def test_explain_names_the_cudnn_rnn_workaround():

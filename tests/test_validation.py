@@ -130,3 +130,18 @@ def test_nan_in_data_is_not_refused_but_propagates():
     bad = real.clone()
     bad[1, 2] = float("nan")
     assert torch.isnan(GP(D, bad, fake, points="real"))
+
+
+@pytest.mark.parametrize(
+    "call,exc,text",
+    [
+        (lambda: fastgp.penalty_from_grad(torch.randn(3, 0)), ValueError, "at least one entry per sample"),
+        (lambda: GP(D, torch.randn(1, 1), points="dragan"), ValueError, "at least two entries"),
+        (lambda: fastgp.interpolate(torch.randn(1, 1), points="dragan"), ValueError, "at least two entries"),
+        (lambda: fastgp.margin(D, real, torch.ones(3, dtype=torch.bool)), TypeError, "labels"),
+        (lambda: fastgp.interpolate(real, None), ValueError, "needs fake"),
+    ],
+)
+def test_more_refusals(call, exc, text, noisy_grads):
+    with pytest.raises(exc, match=text):
+        call()

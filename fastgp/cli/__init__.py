@@ -13,13 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastgp", description="Fused gradient penalties for GANs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"fastgp.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"fastgp.cli.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"fastgp.cli.{name}").register(sub)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 

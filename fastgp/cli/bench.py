@@ -21,24 +21,49 @@ def register(sub: argparse._SubParsersAction) -> None:
         "interpolation, GN/PGN, a whole WGAN-GP discriminator step and R1 with a shared forward. Every provider "
         "is checked against eager before it is timed. Prints a table and writes a JSON and a PNG into --out.",
     )
-    parser.add_argument("--quick", action="store_true",
-                        help="a tiny CPU set that runs in under a minute (no torch.compile)")
-    parser.add_argument("--cases", default=None, metavar="PATTERNS",
-                        help="comma-separated globs or substrings of case ids, e.g. 'penalty/linf/*,interpolate' "
-                        "(see --list)")
-    parser.add_argument("--device", default=None,
-                        help="cuda, cuda:N or cpu (default: cuda when there is one; cpu with --quick)")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"),
-                        help="folder for the JSON and PNG (default: benchmarks/results)")
-    parser.add_argument("--compile", choices=("all", "one", "none"), default=None,
-                        help="which cases time torch.compile: all (default on CUDA), one (default on CPU: "
-                        f"{bench.COMPILE_SAMPLE.id}), none (default with --quick)")
-    parser.add_argument("--providers", default=None, metavar="NAMES",
-                        help="comma-separated providers to keep, e.g. 'eager,fastgp-triton' (default: all)")
-    parser.add_argument("--rep-ms", type=float, default=None,
-                        help="time spent repeating each provider (default 100 ms; 200 with --quick)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default on a CPU: 1, steadier on a shared machine; on CUDA: torch's)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a tiny CPU set that runs in under a minute (no torch.compile)"
+    )
+    parser.add_argument(
+        "--cases",
+        default=None,
+        metavar="PATTERNS",
+        help="comma-separated globs or substrings of case ids, e.g. 'penalty/linf/*,interpolate' (see --list)",
+    )
+    parser.add_argument(
+        "--device", default=None, help="cuda, cuda:N or cpu (default: cuda when there is one; cpu with --quick)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("benchmarks/results"),
+        help="folder for the JSON and PNG (default: benchmarks/results)",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=("all", "one", "none"),
+        default=None,
+        help="which cases time torch.compile: all (default on CUDA), one (default on CPU: "
+        f"{bench.COMPILE_SAMPLE.id}), none (default with --quick)",
+    )
+    parser.add_argument(
+        "--providers",
+        default=None,
+        metavar="NAMES",
+        help="comma-separated providers to keep, e.g. 'eager,fastgp-triton' (default: all)",
+    )
+    parser.add_argument(
+        "--rep-ms",
+        type=float,
+        default=None,
+        help="time spent repeating each provider (default 100 ms; 200 with --quick)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default on a CPU: 1, steadier on a shared machine; on CUDA: torch's)",
+    )
     parser.add_argument("--list", action="store_true", help="print the selected case ids and exit")
     parser.set_defaults(func=run)
 
@@ -74,8 +99,15 @@ def run(args: argparse.Namespace) -> int:
     if threads:
         torch.set_num_threads(threads)
     try:
-        results: dict[str, Any] = bench.run(cases, device, compile=compile_policy, providers=providers,
-                                            rep_ms=rep_ms, progress=_progress, quick=args.quick)
+        results: dict[str, Any] = bench.run(
+            cases,
+            device,
+            compile=compile_policy,
+            providers=providers,
+            rep_ms=rep_ms,
+            progress=_progress,
+            quick=args.quick,
+        )
     finally:
         torch.set_num_threads(before)  # callers in the same process (tests) keep their own setting
     print(bench.format_table(results))

@@ -2,7 +2,7 @@
 
 A new user's first command: it runs in under a minute on a laptop CPU and uses only the public API
 (`fastgp.gradient_penalty`, `fastgp.normalized`, `fastgp.input_grad`, `fastgp.grad_norms`, `fastgp.losses`).
-`--compare` trains several penalties on the same seed and data and sets them side by side, with 002's
+`--compare` trains several penalties on the same seed and data and sets them side by side, with Thanh-Tung et al.'s
 8-Gaussians claim printed beside the measured numbers.
 """
 
@@ -27,12 +27,13 @@ from fastgp.toy import DATASETS, Critic, ToyData, make_dataset, mlp
 
 NORMALIZATIONS = ("gn", "pgn")
 # The loss each penalty was proposed with: WGAN-GP and LP with the Wasserstein loss, 0-GP/R1/DRAGAN with the
-# standard GAN loss (002, Mescheder et al. 2018, Kodali et al. 2017), max-margin with hinge (000 Table 2), GN with
-# the standard loss (Wu et al. 2021) and PGN with hinge (004 §IV).
+# standard GAN loss (Thanh-Tung et al. 2019, Mescheder et al. 2018, Kodali et al. 2017), max-margin with
+# hinge (max-margin paper, Table 2), GN with
+# the standard loss (Wu et al. 2021) and PGN with hinge (Xia §IV).
 DEFAULT_LOSS = {"wgan-gp": "wgan", "lp": "wgan", "max-margin": "hinge", "pgn": "hinge"}
 COMPARE_DEFAULT = ("wgan-gp", "0-gp", "max-margin", "r1", "gn")
 PAPER_002_CLAIM = (
-    "002 (Thanh-Tung et al. 2019, §4 and Fig. 2): on 8 Gaussians scaled x10, GAN-0-GP learns all 8 modes, while "
+    "Thanh-Tung et al. 2019 (§4 and Fig. 2): on 8 Gaussians scaled x10, GAN-0-GP learns all 8 modes, while "
     "GANs with the other penalties (1-GP as in WGAN-GP, 0-GP-sample as in R1) fail and collapse to different "
     "extents. Their setting: standard GAN loss, SGD, 512-unit MLPs, 10,000 iterations; ours is this command's."
 )

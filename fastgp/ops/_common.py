@@ -12,12 +12,16 @@ the same logical entry in all of them.
 
 from __future__ import annotations
 
+import contextlib
 import struct
+from collections.abc import Callable
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from fastgp.reference import acc_dtype as acc_dtype  # shared with the reference
 
 # Defaults for H100, read at call time (tests shrink them to exercise many chunks per row).
 # A program reads CHUNK = BLOCK_SIZE * TILES_PER_CHUNK = 8192 entries of one row: the partials
@@ -35,14 +39,33 @@ NORM_IDS = {"l2": 0, "l1": 1, "linf": 2}
 _TL_ACC = {torch.float64: tl.float64, torch.float32: tl.float32}
 
 
-def acc_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    """float64 if any input is float64, else float32 (SPEC.md §3: no float16 accumulation)."""
-    return torch.float64 if torch.float64 in dtypes else torch.float32
+def on_device(t: Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the current CUDA device, not the tensor's: make them the same."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def tl_acc(dtype: torch.dtype) -> tl.dtype:
     """The Triton accumulation type for a torch accumulation dtype."""
     return _TL_ACC[dtype]
+
+
+def differentiable_backward(
+    forward: Callable[..., tuple[Tensor, ...]], inputs: tuple[Tensor | None, ...], grads: tuple[Tensor | None, ...]
+) -> list[Tensor | None]:
+    """The vector-Jacobian product of `forward` (a reference formula) at `inputs`, with a graph.
+
+    Used by the fused ops' backward under ``create_graph=True``: the kernels' backward has no
+    derivative of its own, the reference's has. Missing incoming gradients count as zero.
+    """
+    live = [t for t in inputs if t is not None and t.requires_grad]
+    with torch.enable_grad():
+        outs = [(o, g) for o, g in zip(forward(*inputs), grads, strict=False) if g is not None]
+        found = iter(
+            torch.autograd.grad([o for o, _ in outs], live, [g for _, g in outs], create_graph=True, allow_unused=True)
+            if live and outs
+            else [None] * len(live)
+        )
+    return [next(found) if t is not None and t.requires_grad else None for t in inputs]
 
 
 def chunking(d: int) -> tuple[int, int, int]:

@@ -106,12 +106,13 @@ def _interpolate_fwd(
     acc = C.acc_dtype(real.dtype)
     alpha = torch.empty(B, dtype=acc, device=real.device)
     block, tiles, n_chunks = C.chunking(d)
-    _interpolate_fwd_kernel[(B * n_chunks,)](
-        x, y, target, alpha, seed, std if std is not None else alpha,
-        C.row_stride(x),
-        d, n_chunks,
-        DRAGAN=std is not None, BLOCK_SIZE=block, TILES=tiles, ACC=C.tl_acc(acc), num_warps=C.NUM_WARPS,
-    )
+    with C.on_device(x):
+        _interpolate_fwd_kernel[(B * n_chunks,)](
+            x, y, target, alpha, seed, std if std is not None else alpha,
+            C.row_stride(x),
+            d, n_chunks,
+            DRAGAN=std is not None, BLOCK_SIZE=block, TILES=tiles, ACC=C.tl_acc(acc), num_warps=C.NUM_WARPS,
+        )
     if target is not x_hat:
         x_hat.copy_(target)
     return x_hat, alpha
@@ -127,13 +128,14 @@ def _interpolate_bwd(
     dreal = torch.empty_like(g) if need_real else alpha.new_empty(0)
     dfake = torch.empty_like(g) if need_fake else alpha.new_empty(0)
     parts = torch.empty(B * n_chunks if dragan else 1, dtype=alpha.dtype, device=g.device)
-    _interpolate_bwd_kernel[(B * n_chunks,)](
-        g, alpha, seed, dreal if need_real else g, dfake if need_fake else g, parts,
-        C.row_stride(g),
-        d, n_chunks,
-        DRAGAN=dragan, HAS_DREAL=need_real, HAS_DFAKE=need_fake,
-        BLOCK_SIZE=block, TILES=tiles, ACC=C.tl_acc(alpha.dtype), num_warps=C.NUM_WARPS,
-    )
+    with C.on_device(g):
+        _interpolate_bwd_kernel[(B * n_chunks,)](
+            g, alpha, seed, dreal if need_real else g, dfake if need_fake else g, parts,
+            C.row_stride(g),
+            d, n_chunks,
+            DRAGAN=dragan, HAS_DREAL=need_real, HAS_DFAKE=need_fake,
+            BLOCK_SIZE=block, TILES=tiles, ACC=C.tl_acc(alpha.dtype), num_warps=C.NUM_WARPS,
+        )
     return dreal, dfake, (parts.sum() if dragan else alpha.new_empty(0))
 
 

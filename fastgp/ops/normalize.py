@@ -1,5 +1,5 @@
 """Fused gradient normalisation (SPEC.md §4): GN ``f̂ = f / (‖g‖ + |f|)`` (Wu et al. 2021) and
-PGN ``f̂ = (1-f) / (‖1-g‖ + |1-f|)`` (004, Algorithm 1).
+PGN ``f̂ = (1-f) / (‖1-g‖ + |1-f|)`` (Xia, Algorithm 1).
 
 Forward, one launch: the norm reduction of `penalty.py` (per-chunk partials, the last program
 to finish sums them in chunk order) with the division folded into the last program. Backward,
@@ -18,17 +18,31 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastgp import reference as R
 from fastgp.ops import _common as C
 from fastgp.ops._common import chunk_partial, norm_direction, row_norms
 
 
 @triton.jit
 def _normalize_fwd_kernel(
-    g_ptr, f_ptr, out_ptr, part_ptr, count_ptr, counter_ptr, norms_ptr, factor_ptr,
+    g_ptr,
+    f_ptr,
+    out_ptr,
+    part_ptr,
+    count_ptr,
+    counter_ptr,
+    norms_ptr,
+    factor_ptr,
     stride_row,
-    B, d, n_chunks,
-    NORM: tl.constexpr, PGN: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILES: tl.constexpr,
-    ROWS: tl.constexpr, ACC: tl.constexpr,
+    B,
+    d,
+    n_chunks,
+    NORM: tl.constexpr,
+    PGN: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    TILES: tl.constexpr,
+    ROWS: tl.constexpr,
+    ACC: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     row = pid // n_chunks
@@ -58,10 +72,20 @@ def _normalize_fwd_kernel(
 
 @triton.jit
 def _normalize_bwd_kernel(
-    g_ptr, dg_ptr, f_ptr, df_ptr, dout_ptr, norms_ptr, factor_ptr,
+    g_ptr,
+    dg_ptr,
+    f_ptr,
+    df_ptr,
+    dout_ptr,
+    norms_ptr,
+    factor_ptr,
     stride_row,
-    d, n_chunks,
-    NORM: tl.constexpr, PGN: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILES: tl.constexpr,
+    d,
+    n_chunks,
+    NORM: tl.constexpr,
+    PGN: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    TILES: tl.constexpr,
     ACC: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -106,14 +130,28 @@ def _normalize_fwd(scores: Tensor, grad: Tensor, mode: str, norm: str) -> tuple[
     count = torch.empty(B * n_chunks if norm == "linf" else 1, dtype=torch.int32, device=g.device)
     counter = torch.zeros(1, dtype=torch.int32, device=g.device)
     norms, factor = (torch.empty(B, dtype=acc, device=g.device) for _ in range(2))
-    _normalize_fwd_kernel[(B * n_chunks,)](
-        g, f, out, part, count, counter, norms, factor,
-        C.row_stride(g),
-        B, d, n_chunks,
-        NORM=C.NORM_IDS[norm], PGN=mode == "pgn", BLOCK_SIZE=block, TILES=tiles,
-        ROWS=min(C.ROWS_PER_STEP, max(16, triton.next_power_of_2(B))), ACC=C.tl_acc(acc),
-        num_warps=C.NUM_WARPS,
-    )
+    with C.on_device(g):
+        _normalize_fwd_kernel[(B * n_chunks,)](
+            g,
+            f,
+            out,
+            part,
+            count,
+            counter,
+            norms,
+            factor,
+            C.row_stride(g),
+            B,
+            d,
+            n_chunks,
+            NORM=C.NORM_IDS[norm],
+            PGN=mode == "pgn",
+            BLOCK_SIZE=block,
+            TILES=tiles,
+            ROWS=min(C.ROWS_PER_STEP, max(16, triton.next_power_of_2(B))),
+            ACC=C.tl_acc(acc),
+            num_warps=C.NUM_WARPS,
+        )
     return out, norms, factor
 
 
@@ -127,13 +165,25 @@ def _normalize_bwd(
     f = scores.reshape(-1).contiguous()
     dscores = torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)
     block, tiles, n_chunks = C.chunking(d)
-    _normalize_bwd_kernel[(B * n_chunks,)](
-        g, target, f, dscores, dout.reshape(-1).contiguous(), norms, factor,
-        C.row_stride(g),
-        d, n_chunks,
-        NORM=C.NORM_IDS[norm], PGN=mode == "pgn", BLOCK_SIZE=block, TILES=tiles,
-        ACC=C.tl_acc(norms.dtype), num_warps=C.NUM_WARPS,
-    )
+    with C.on_device(g):
+        _normalize_bwd_kernel[(B * n_chunks,)](
+            g,
+            target,
+            f,
+            dscores,
+            dout.reshape(-1).contiguous(),
+            norms,
+            factor,
+            C.row_stride(g),
+            d,
+            n_chunks,
+            NORM=C.NORM_IDS[norm],
+            PGN=mode == "pgn",
+            BLOCK_SIZE=block,
+            TILES=tiles,
+            ACC=C.tl_acc(norms.dtype),
+            num_warps=C.NUM_WARPS,
+        )
     if target is not dgrad:
         dgrad.copy_(target)
     return dscores, dgrad
@@ -182,6 +232,12 @@ def _backward(ctx, dout, _dnorms, _dfactor):
     scores, grad, norms, factor = ctx.saved_tensors
     if dout is None:
         return None, None, None, None
+    if torch.is_grad_enabled():
+        # create_graph=True: differentiate the reference's formula (see penalty.py's backward).
+        dscores, dgrad = C.differentiable_backward(
+            lambda f, g: (R.normalize(f, g, ctx.mode, ctx.norm),), (scores, grad), (dout,)
+        )
+        return dscores, dgrad, None, None
     dscores, dgrad = normalize_bwd(dout, scores, grad, norms, factor, ctx.mode, ctx.norm)
     return dscores, dgrad, None, None
 
@@ -190,7 +246,7 @@ normalize_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def normalize(scores: Tensor, grad: Tensor, mode: str = "gn", norm: str = "l2") -> Tensor:
-    """GN ``f̂ = f / (‖g‖ + |f|)`` (Wu et al. 2021) and PGN ``f̂ = (1-f) / (‖1-g‖ + |1-f|)`` (004).
+    """GN ``f̂ = f / (‖g‖ + |f|)`` (Wu et al. 2021) and PGN ``f̂ = (1-f) / (‖1-g‖ + |1-f|)`` (Xia).
 
     Same contract as `fastgp.reference.normalize`: ``f̂ = 0`` with zero gradients where the
     denominator is 0, NaN stays NaN, shape and dtype of `scores`. Differentiable in `scores` and

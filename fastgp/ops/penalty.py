@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastgp import reference as R
 from fastgp.ops import _common as C
 from fastgp.ops._common import chunk_partial, nan_max, norm_direction, row_norms
 
@@ -94,7 +95,10 @@ def _penalty_finish(
             h = tl.load(coef_ptr + rows, mask=mask, other=0.0)
             n = tl.load(norms_ptr + rows, mask=mask, other=0.0)
             _, dh = _constraint(n - center, CONSTRAINT)
-            tl.store(coef_ptr + rows, tl.where(h == top, weight / k * dh, 0.0), mask=mask)
+            # A NaN maximum makes every coefficient NaN, as amax's backward does (0/0 on no ties):
+            # NaN in, NaN gradients out, never a silent zero.
+            coef = tl.where(h == top, weight / k * dh, 0.0)
+            tl.store(coef_ptr + rows, tl.where(top != top, top, coef), mask=mask)
         value = weight * top
     else:
         value = weight * (tl.sum(h_sum, axis=0) / B)
@@ -184,15 +188,16 @@ def _penalty_fwd(
     norms, coef, factor = (torch.empty(B, dtype=acc, device=g.device) for _ in range(3))
     has_scores = scores is not None
     f = scores.contiguous() if has_scores else penalty
-    _penalty_fwd_kernel[(B * n_chunks,)](
-        g, part, count, counter, f, penalty, norms, coef, factor,
-        C.row_stride(g),
-        B, d, n_chunks, *C.split_float(center), *C.split_float(weight), *C.split_float(output_weight),
-        NORM=C.NORM_IDS[norm], CONSTRAINT=CONSTRAINT_IDS[constraint], MAX=reduction == "max",
-        HAS_SCORES=has_scores, BLOCK_SIZE=block, TILES=tiles,
-        ROWS=min(C.ROWS_PER_STEP, max(16, triton.next_power_of_2(B))), ACC=C.tl_acc(acc),
-        num_warps=C.NUM_WARPS,
-    )
+    with C.on_device(g):
+        _penalty_fwd_kernel[(B * n_chunks,)](
+            g, part, count, counter, f, penalty, norms, coef, factor,
+            C.row_stride(g),
+            B, d, n_chunks, *C.split_float(center), *C.split_float(weight), *C.split_float(output_weight),
+            NORM=C.NORM_IDS[norm], CONSTRAINT=CONSTRAINT_IDS[constraint], MAX=reduction == "max",
+            HAS_SCORES=has_scores, BLOCK_SIZE=block, TILES=tiles,
+            ROWS=min(C.ROWS_PER_STEP, max(16, triton.next_power_of_2(B))), ACC=C.tl_acc(acc),
+            num_warps=C.NUM_WARPS,
+        )
     return penalty, norms, coef, factor
 
 
@@ -209,13 +214,14 @@ def _penalty_bwd(
     f = scores.contiguous() if has_scores else norms
     dnorms = dnorms.contiguous() if dnorms is not None else None
     dscores = torch.empty_like(f) if has_scores else norms.new_empty(0)
-    _penalty_bwd_kernel[(B * n_chunks,)](
-        g, target, norms, coef, factor, dp, dnorms if dnorms is not None else norms, f, dscores,
-        C.row_stride(g),
-        B, d, n_chunks, *C.split_float(output_weight),
-        NORM=C.NORM_IDS[norm], HAS_DNORMS=dnorms is not None, HAS_SCORES=has_scores,
-        BLOCK_SIZE=block, TILES=tiles, ACC=C.tl_acc(norms.dtype), num_warps=C.NUM_WARPS,
-    )
+    with C.on_device(g):
+        _penalty_bwd_kernel[(B * n_chunks,)](
+            g, target, norms, coef, factor, dp, dnorms if dnorms is not None else norms, f, dscores,
+            C.row_stride(g),
+            B, d, n_chunks, *C.split_float(output_weight),
+            NORM=C.NORM_IDS[norm], HAS_DNORMS=dnorms is not None, HAS_SCORES=has_scores,
+            BLOCK_SIZE=block, TILES=tiles, ACC=C.tl_acc(norms.dtype), num_warps=C.NUM_WARPS,
+        )
     if target is not dgrad:
         dgrad.copy_(target)
     return dgrad, dscores
@@ -256,16 +262,25 @@ def _(dp, dnorms, grad, scores, norms, coef, factor, norm, output_weight):
 
 
 def _setup_context(ctx, inputs, output):
-    grad, scores, norm, _, _, _, _, output_weight = inputs
+    grad, scores, norm, constraint, center, weight, reduction, output_weight = inputs
     _, norms, coef, factor = output
     ctx.save_for_backward(grad, scores, norms, coef, factor)
     ctx.norm, ctx.output_weight = norm, output_weight
+    ctx.settings = dict(norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction,
+                        output_weight=output_weight)
     ctx.mark_non_differentiable(coef, factor)
     ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, dp, dnorms, _dcoef, _dfactor):
     grad, scores, norms, coef, factor = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # create_graph=True (a Hessian-vector product, a GN critic inside a penalty): the fused
+        # backward has no derivative of its own, so differentiate the reference's formula instead.
+        dgrad, dscores = C.differentiable_backward(
+            lambda g, f: R.penalty_from_grad(g, scores=f, **ctx.settings), (grad, scores), (dp, dnorms)
+        )
+        return dgrad, dscores, None, None, None, None, None, None
     if dp is None:
         dp = torch.zeros((), dtype=norms.dtype, device=norms.device)
     dgrad, dscores = penalty_bwd(dp, dnorms, grad, scores, norms, coef, factor, ctx.norm, ctx.output_weight)
