@@ -80,6 +80,8 @@ def _extension_kwargs() -> dict:
         )
         return {"cmdclass": {"build_py": BuildPyWithSources}}
     import torch
+
+    _build.pin_cuda_home()
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension
 
     print(f"fastgp: building the CUDA extension with {why}", file=sys.stderr)

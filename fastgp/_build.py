@@ -60,22 +60,38 @@ def nvcc_path() -> str | None:
     return str(default) if default.is_file() else None
 
 
-def extra_include_dirs() -> list[str]:
-    """The CUDA toolkit's headers, then those of pip-installed CUDA libraries (nvidia/cu*/include).
-
-    A CUDA torch wheel depends on the nvidia-* wheels, whose headers (cuSPARSE, cuBLAS, ...) the ATen
-    headers include; a bare toolkit may lack them. The toolkit's own directory goes first because the
-    wheels' cuda_runtime_api.h needs the toolkit's crt/ headers, and because torch guesses CUDA_HOME from
-    nvcc's location, which misses when nvcc is a wrapper script (e.g. /usr/local/bin/nvcc).
-    """
-    dirs = []
+def cuda_home() -> str | None:
+    """The CUDA toolkit's root: CUDA_HOME, CUDA_PATH, /usr/local/cuda or nvcc's grandparent, whichever has headers."""
     nvcc = nvcc_path()
     homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
     homes += [str(Path(nvcc).resolve().parent.parent)] if nvcc else []
     for home in homes:
         if home and (Path(home) / "include" / "crt" / "host_defines.h").is_file():
-            dirs.append(str(Path(home) / "include"))
-            break
+            return home
+    return None
+
+
+def pin_cuda_home() -> None:
+    """Sets CUDA_HOME for torch.utils.cpp_extension, which must not be imported before this.
+
+    Without CUDA_HOME, torch takes nvcc's grandparent, which misses the toolkit (its lib64/libcudart, its
+    headers) when nvcc on PATH is a wrapper script such as /usr/local/bin/nvcc.
+    """
+    if not os.environ.get("CUDA_HOME") and not os.environ.get("CUDA_PATH"):
+        home = cuda_home()
+        if home:
+            os.environ["CUDA_HOME"] = home
+
+
+def extra_include_dirs() -> list[str]:
+    """The CUDA toolkit's headers, then those of pip-installed CUDA libraries (nvidia/cu*/include).
+
+    A CUDA torch wheel depends on the nvidia-* wheels, whose headers (cuSPARSE, cuBLAS, ...) the ATen
+    headers include; a bare toolkit may lack them. The toolkit's own directory goes first because the
+    wheels' cuda_runtime_api.h needs the toolkit's crt/ headers.
+    """
+    home = cuda_home()
+    dirs = [str(Path(home) / "include")] if home else []
     try:
         import nvidia  # namespace package of the nvidia-* wheels
     except ImportError:

@@ -109,6 +109,7 @@ def _load() -> str:
 
 
 def _jit_build() -> str:
+    _build.pin_cuda_home()
     from torch.utils import cpp_extension
 
     src = _build.source_dir()
@@ -160,6 +161,7 @@ def _rows(t: Tensor) -> Tensor:
     return t.contiguous()
 
 
+@functools.cache  # once per process: a second registration would be refused
 def _register() -> None:
     ops = torch.ops.fastgp_cuda
     lib = "fastgp_cuda::"

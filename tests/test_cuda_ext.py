@@ -183,6 +183,40 @@ def test_cxx_standard_follows_torch():
     assert _build.cxx_std("2.13.0+cpu") == "-std=c++17"
 
 
+def _aot_extension_importable() -> bool:
+    return torch.version.cuda is not None and importlib.util.find_spec(_build.AOT_NAME) is not None
+
+
+@pytest.mark.skipif(not _aot_extension_importable(), reason="needs a CUDA torch and the built extension (fastgp._C)")
+def test_python_glue_on_meta_tensors(monkeypatch):
+    """Schemas, fake impls and autograd formulas, run on meta tensors: needs the built .so, not a GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    _cuda._load()
+    for dtype in (torch.float16, torch.float32, torch.float64):
+        acc = reference.acc_dtype(dtype)
+        g = torch.empty(4, 3, 8, 8, device="meta", dtype=dtype, requires_grad=True)
+        s = torch.empty(4, 2, device="meta", dtype=dtype, requires_grad=True)
+        penalty, norms = _cuda.penalty_from_grad(g, scores=s, output_weight=0.1, norm="linf", reduction="max")
+        assert penalty.shape == () and penalty.dtype == acc and norms.shape == (4,) and norms.dtype == acc
+        (penalty + norms.sum()).backward()
+        assert g.grad.shape == g.shape and g.grad.dtype == dtype and s.grad.dtype == dtype
+        f = torch.empty(4, 1, device="meta", requires_grad=True)
+        g.grad = None
+        out = _cuda.normalize(f, g, "pgn", "l1")
+        out.sum().backward()
+        assert out.shape == f.shape and out.dtype == f.dtype and g.grad.dtype == dtype
+        real = torch.empty(4, 3, 8, 8, device="meta", dtype=dtype, requires_grad=True)
+        fake = torch.empty_like(real, requires_grad=True)
+        for points in ("interpolate", "dragan"):
+            x_hat, alpha = _cuda.interpolate(real, fake if points == "interpolate" else None, points, None)
+            assert x_hat.dtype == dtype and alpha.shape == (4,) and alpha.dtype == acc
+            x_hat.sum().backward()
+            assert real.grad.dtype == dtype
+        # create_graph=True: the backward falls back to the reference formulas and stays differentiable.
+        (gg,) = torch.autograd.grad(_cuda.penalty_from_grad(g)[0], g, create_graph=True)
+        assert gg.requires_grad
+
+
 # --------------------------------------------------------------------------------------------------------
 # With a GPU
 
