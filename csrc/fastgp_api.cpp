@@ -118,6 +118,20 @@ Split split_rows(int64_t batch, int64_t dim) {
   return {chunk, std::max<int64_t>(1, (dim + chunk - 1) / chunk)};
 }
 
+// Integer workspace of a one-launch reduction: per-chunk tie counts, then the finished-blocks counter,
+// zeroed by a memset (a copy-engine op, not a kernel launch; capturable in a CUDA graph).
+struct Scratch {
+  at::Tensor buffer;
+  int32_t* partial_ties;
+  unsigned int* counter;
+
+  Scratch(int64_t partials, const at::TensorOptions& ints) : buffer(at::empty({partials + 1}, ints)) {
+    partial_ties = buffer.data_ptr<int32_t>();
+    counter = reinterpret_cast<unsigned int*>(partial_ties + partials);
+    C10_CUDA_CHECK(cudaMemsetAsync(counter, 0, sizeof(unsigned int), c10::cuda::getCurrentCUDAStream()));
+  }
+};
+
 void check_grad(const at::Tensor& grad) {
   CHECK_DEVICE(grad);
   CHECK_ROWS(grad);
@@ -155,8 +169,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> penalty_f
   at::Tensor penalty = at::empty({}, opts), norms = at::empty({batch}, opts), coef = at::empty({batch}, opts);
   at::Tensor ties = at::empty({batch}, ints), f = at::empty({scores.has_value() ? batch : 0}, opts);
   at::Tensor partials = at::empty({batch * split.chunks}, opts);
-  at::Tensor partial_ties = at::empty({batch * split.chunks}, ints);
-  at::Tensor counter = at::zeros({1}, ints);
+  const Scratch scratch(batch * split.chunks, ints);
 
   PenaltyFwdParams p{};
   p.grad = grad.data_ptr();
@@ -167,8 +180,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> penalty_f
   p.ties = ties.data_ptr<int32_t>();
   p.f = f.data_ptr();
   p.partials = partials.data_ptr();
-  p.partial_ties = partial_ties.data_ptr<int32_t>();
-  p.counter = reinterpret_cast<unsigned int*>(counter.data_ptr<int32_t>());
+  p.partial_ties = scratch.partial_ties;
+  p.counter = scratch.counter;
   p.batch = batch;
   p.dim = dim;
   p.chunk = split.chunk;
@@ -249,8 +262,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> normalize_fwd(const at::Tensor& s
   const Split split = split_rows(batch, dim);
   at::Tensor out = at::empty({batch}, opts), norms = at::empty({batch}, opts), ties = at::empty({batch}, ints);
   at::Tensor partials = at::empty({batch * split.chunks}, opts);
-  at::Tensor partial_ties = at::empty({batch * split.chunks}, ints);
-  at::Tensor counter = at::zeros({1}, ints);
+  const Scratch scratch(batch * split.chunks, ints);
 
   NormalizeFwdParams p{};
   p.scores = scores.data_ptr();
@@ -259,8 +271,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> normalize_fwd(const at::Tensor& s
   p.norms = norms.data_ptr();
   p.ties = ties.data_ptr<int32_t>();
   p.partials = partials.data_ptr();
-  p.partial_ties = partial_ties.data_ptr<int32_t>();
-  p.counter = reinterpret_cast<unsigned int*>(counter.data_ptr<int32_t>());
+  p.partial_ties = scratch.partial_ties;
+  p.counter = scratch.counter;
   p.batch = batch;
   p.dim = dim;
   p.chunk = split.chunk;
