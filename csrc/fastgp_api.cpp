@@ -147,8 +147,16 @@ void check_saved(const at::Tensor& x, const at::Tensor& grad, at::ScalarType dty
 
 }  // namespace
 
-// P = λ · R_i h(‖g_i‖) + ε · mean_i f_i² and what the backward needs: (P, norms, coef, ties, f).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> penalty_fwd(
+// Per-sample scores f (B,) in the accumulation dtype of `grad`, as the Python side passes them.
+void check_scores(const at::Tensor& scores, const at::Tensor& grad, at::ScalarType acc) {
+  CHECK_SAME_DEVICE(scores, grad);
+  CHECK_DTYPE(scores, acc);
+  CHECK_CONTIGUOUS(scores);
+  TORCH_CHECK(scores.numel() == grad.size(0), "scores must hold one score per sample of grad");
+}
+
+// P = λ · R_i h(‖g_i‖) + ε · mean_i f_i² and what the backward needs: (P, norms, coef, factor).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> penalty_fwd(
     const at::Tensor& grad, const std::optional<at::Tensor>& scores, const std::string& norm,
     const std::string& constraint, double center, double weight, const std::string& reduction, double output_weight) {
   check_grad(grad);
@@ -156,20 +164,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> penalty_f
   const int64_t batch = grad.size(0), dim = grad.numel() / batch;
   const auto acc = acc_type(grad);
   const auto opts = grad.options().dtype(acc);
-  const auto ints = grad.options().dtype(at::kInt);
-  int64_t score_dim = 0;
-  if (scores.has_value()) {
-    CHECK_SAME_DEVICE(*scores, grad);
-    CHECK_DTYPE(*scores, acc);
-    CHECK_CONTIGUOUS(*scores);
-    TORCH_CHECK(scores->dim() >= 1 && scores->size(0) == batch, "scores must have the batch size of grad first");
-    score_dim = scores->numel() / batch;
-  }
+  if (scores.has_value()) check_scores(*scores, grad, acc);
   const Split split = split_rows(batch, dim);
-  at::Tensor penalty = at::empty({}, opts), norms = at::empty({batch}, opts), coef = at::empty({batch}, opts);
-  at::Tensor ties = at::empty({batch}, ints), f = at::empty({scores.has_value() ? batch : 0}, opts);
+  at::Tensor penalty = at::empty({}, opts), norms = at::empty({batch}, opts);
+  at::Tensor coef = at::empty({batch}, opts), factor = at::empty({batch}, opts);
   at::Tensor partials = at::empty({batch * split.chunks}, opts);
-  const Scratch scratch(batch * split.chunks, ints);
+  const Scratch scratch(batch * split.chunks, grad.options().dtype(at::kInt));
 
   PenaltyFwdParams p{};
   p.grad = grad.data_ptr();
@@ -177,8 +177,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> penalty_f
   p.penalty = penalty.data_ptr();
   p.norms = norms.data_ptr();
   p.coef = coef.data_ptr();
-  p.ties = ties.data_ptr<int32_t>();
-  p.f = f.data_ptr();
+  p.factor = factor.data_ptr();
   p.partials = partials.data_ptr();
   p.partial_ties = scratch.partial_ties;
   p.counter = scratch.counter;
@@ -186,7 +185,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> penalty_f
   p.dim = dim;
   p.chunk = split.chunk;
   p.chunks = split.chunks;
-  p.score_dim = score_dim;
   p.center = center;
   p.weight = weight;
   p.output_weight = output_weight;
@@ -195,15 +193,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> penalty_f
   p.constraint = constraint_of(constraint);
   p.reduction = reduction_of(reduction);
   C10_CUDA_CHECK(launch_penalty_fwd(p, c10::cuda::getCurrentCUDAStream()));
-  return {penalty, norms, coef, ties, f};
+  return {penalty, norms, coef, factor};
 }
 
-// (∂P/∂grad, ∂P/∂scores); the second is (0,) when the forward had no scores.
+// (∂L/∂grad, ∂L/∂scores); the second is (0,) when `scores` is None.
 std::tuple<at::Tensor, at::Tensor> penalty_bwd(const at::Tensor& grad_penalty, const std::optional<at::Tensor>& grad_norms,
-                                               const at::Tensor& grad, const at::Tensor& norms, const at::Tensor& coef,
-                                               const at::Tensor& ties, const at::Tensor& f,
-                                               const std::optional<at::Tensor>& scores, const std::string& norm,
-                                               double output_weight) {
+                                               const at::Tensor& grad, const std::optional<at::Tensor>& scores,
+                                               const at::Tensor& norms, const at::Tensor& coef, const at::Tensor& factor,
+                                               const std::string& norm, double output_weight) {
   check_grad(grad);
   const at::cuda::CUDAGuard guard(grad.device());
   const int64_t batch = grad.size(0), dim = grad.numel() / batch;
@@ -213,34 +210,27 @@ std::tuple<at::Tensor, at::Tensor> penalty_bwd(const at::Tensor& grad_penalty, c
   CHECK_SHAPE(grad_penalty);
   check_saved(norms, grad, acc, "norms");
   check_saved(coef, grad, acc, "coef");
-  check_saved(ties, grad, at::kInt, "ties");
+  check_saved(factor, grad, acc, "factor");
   if (grad_norms.has_value()) check_saved(*grad_norms, grad, acc, "grad_norms");
-  at::Tensor grad_scores = at::empty({0}, grad.options().dtype(acc));
-  int64_t score_dim = 0;
-  if (scores.has_value()) {
-    check_saved(f, grad, acc, "f");
-    TORCH_CHECK(scores->dim() >= 1 && scores->size(0) == batch, "scores must have the batch size of grad first");
-    score_dim = scores->numel() / batch;
-    grad_scores = at::empty(scores->sizes(), grad.options().dtype(acc));
-  }
+  if (scores.has_value()) check_scores(*scores, grad, acc);
   const Split split = split_rows(batch, dim);
   at::Tensor grad_grad = at::empty_like(grad);  // same strides as grad: written in storage order
+  at::Tensor grad_scores = scores.has_value() ? at::empty_like(*scores) : at::empty({0}, grad.options().dtype(acc));
 
   PenaltyBwdParams p{};
   p.grad_penalty = grad_penalty.data_ptr();
   p.grad_norms = grad_norms.has_value() ? grad_norms->data_ptr() : nullptr;
   p.grad = grad.data_ptr();
+  p.scores = scores.has_value() ? scores->data_ptr() : nullptr;
   p.norms = norms.data_ptr();
   p.coef = coef.data_ptr();
-  p.ties = ties.data_ptr<int32_t>();
-  p.f = scores.has_value() ? f.data_ptr() : nullptr;
+  p.factor = factor.data_ptr();
   p.grad_grad = grad_grad.data_ptr();
-  p.grad_scores = scores.has_value() && score_dim > 0 ? grad_scores.data_ptr() : nullptr;
+  p.grad_scores = scores.has_value() ? grad_scores.data_ptr() : nullptr;
   p.batch = batch;
   p.dim = dim;
   p.chunk = split.chunk;
   p.chunks = split.chunks;
-  p.score_dim = score_dim;
   p.output_weight = output_weight;
   p.dtype = dtype_of(grad);
   p.norm = norm_of(norm);
@@ -248,28 +238,27 @@ std::tuple<at::Tensor, at::Tensor> penalty_bwd(const at::Tensor& grad_penalty, c
   return {grad_grad, grad_scores};
 }
 
-// f̂ = u / (‖g'‖ + |u|) with its norms and tie counts: (f̂, norms, ties); `scores` is (B,) in the
-// accumulation dtype of `grad`.
+// f̂ = u / (‖g'‖ + |u|) with what the backward needs: (f̂, norms, factor). `scores` holds one score per
+// sample in the accumulation dtype of `grad`; f̂ has its shape.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> normalize_fwd(const at::Tensor& scores, const at::Tensor& grad,
                                                              const std::string& mode, const std::string& norm) {
   check_grad(grad);
   const at::cuda::CUDAGuard guard(grad.device());
   const int64_t batch = grad.size(0), dim = grad.numel() / batch;
   const auto acc = acc_type(grad);
-  check_saved(scores, grad, acc, "scores");
+  check_scores(scores, grad, acc);
   const auto opts = grad.options().dtype(acc);
-  const auto ints = grad.options().dtype(at::kInt);
   const Split split = split_rows(batch, dim);
-  at::Tensor out = at::empty({batch}, opts), norms = at::empty({batch}, opts), ties = at::empty({batch}, ints);
+  at::Tensor out = at::empty_like(scores), norms = at::empty({batch}, opts), factor = at::empty({batch}, opts);
   at::Tensor partials = at::empty({batch * split.chunks}, opts);
-  const Scratch scratch(batch * split.chunks, ints);
+  const Scratch scratch(batch * split.chunks, grad.options().dtype(at::kInt));
 
   NormalizeFwdParams p{};
   p.scores = scores.data_ptr();
   p.grad = grad.data_ptr();
   p.out = out.data_ptr();
   p.norms = norms.data_ptr();
-  p.ties = ties.data_ptr<int32_t>();
+  p.factor = factor.data_ptr();
   p.partials = partials.data_ptr();
   p.partial_ties = scratch.partial_ties;
   p.counter = scratch.counter;
@@ -281,23 +270,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> normalize_fwd(const at::Tensor& s
   p.mode = mode_of(mode);
   p.norm = norm_of(norm);
   C10_CUDA_CHECK(launch_normalize_fwd(p, c10::cuda::getCurrentCUDAStream()));
-  return {out, norms, ties};
+  return {out, norms, factor};
 }
 
-// (∂f̂/∂scores · grad_out, ∂f̂/∂grad · grad_out), SPEC.md §4.
+// (∂L/∂scores, ∂L/∂grad) from ∂L/∂f̂ = grad_out, SPEC.md §4.
 std::tuple<at::Tensor, at::Tensor> normalize_bwd(const at::Tensor& grad_out, const at::Tensor& scores,
-                                                 const at::Tensor& grad, const at::Tensor& norms, const at::Tensor& ties,
-                                                 const std::string& mode, const std::string& norm) {
+                                                 const at::Tensor& grad, const at::Tensor& norms,
+                                                 const at::Tensor& factor, const std::string& mode,
+                                                 const std::string& norm) {
   check_grad(grad);
   const at::cuda::CUDAGuard guard(grad.device());
   const int64_t batch = grad.size(0), dim = grad.numel() / batch;
   const auto acc = acc_type(grad);
-  check_saved(grad_out, grad, acc, "grad_out");
-  check_saved(scores, grad, acc, "scores");
+  check_scores(scores, grad, acc);
+  check_scores(grad_out, grad, acc);
   check_saved(norms, grad, acc, "norms");
-  check_saved(ties, grad, at::kInt, "ties");
+  check_saved(factor, grad, acc, "factor");
   const Split split = split_rows(batch, dim);
-  at::Tensor grad_scores = at::empty({batch}, grad.options().dtype(acc));
+  at::Tensor grad_scores = at::empty_like(scores);
   at::Tensor grad_grad = at::empty_like(grad);
 
   NormalizeBwdParams p{};
@@ -305,7 +295,7 @@ std::tuple<at::Tensor, at::Tensor> normalize_bwd(const at::Tensor& grad_out, con
   p.scores = scores.data_ptr();
   p.grad = grad.data_ptr();
   p.norms = norms.data_ptr();
-  p.ties = ties.data_ptr<int32_t>();
+  p.factor = factor.data_ptr();
   p.grad_scores = grad_scores.data_ptr();
   p.grad_grad = grad_grad.data_ptr();
   p.batch = batch;
@@ -415,15 +405,16 @@ TORCH_LIBRARY(fastgp_cuda, m) {
   m.def("interpolate(Tensor real, Tensor? fake, Tensor? scale, str points, int? seed) -> (Tensor, Tensor, Tensor)",
         {at::Tag::nondeterministic_seeded});
   m.def("interpolate_bwd(Tensor grad_out, Tensor alpha, Tensor rng_state, str points) -> (Tensor, Tensor)");
+  // penalty_* and normalize_* have the schemas of the Triton ops (fastgp::, fastgp/ops/), argument names included.
   m.def(
       "penalty_fwd(Tensor grad, Tensor? scores, str norm, str constraint, float center, float weight, str reduction, "
-      "float output_weight) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "float output_weight) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "penalty_bwd(Tensor grad_penalty, Tensor? grad_norms, Tensor grad, Tensor norms, Tensor coef, Tensor ties, "
-      "Tensor f, Tensor? scores, str norm, float output_weight) -> (Tensor, Tensor)");
+      "penalty_bwd(Tensor dp, Tensor? dnorms, Tensor grad, Tensor? scores, Tensor norms, Tensor coef, Tensor factor, "
+      "str norm, float output_weight) -> (Tensor, Tensor)");
   m.def("normalize_fwd(Tensor scores, Tensor grad, str mode, str norm) -> (Tensor, Tensor, Tensor)");
   m.def(
-      "normalize_bwd(Tensor grad_out, Tensor scores, Tensor grad, Tensor norms, Tensor ties, str mode, str norm) "
+      "normalize_bwd(Tensor dout, Tensor scores, Tensor grad, Tensor norms, Tensor factor, str mode, str norm) "
       "-> (Tensor, Tensor)");
 }
 

@@ -20,18 +20,19 @@ enum class Mode : int { kGn, kPgn };
 enum class Points : int { kInterpolate, kDragan };
 
 // Rows are samples: sample i occupies elements [i*d, (i+1)*d) of storage (batch-outermost, dense).
+// The per-row outputs of the forwards (norms, coef, factor) are what the backwards read: the same
+// (P, norms, coef, factor) / (f̂, norms, factor) contract as the Triton ops in fastgp/ops/.
 struct PenaltyFwdParams {
   const void* grad;      // (B, d), `dtype`
-  const void* scores;    // (B, t) accumulation dtype, or nullptr when output_weight == 0
+  const void* scores;    // (B,) accumulation dtype: per-sample f_i, or nullptr (no output term)
   void* penalty;         // () accumulation dtype
   void* norms;           // (B,) accumulation dtype
-  void* coef;            // (B,) accumulation dtype: dP/dn_i before the upstream gradient
-  int32_t* ties;         // (B,) number of entries with |g_ij| = n_i (linf), else unused
-  void* f;               // (B,) accumulation dtype: per-sample score sums
+  void* coef;            // (B,) accumulation dtype: ∂P/∂n_i
+  void* factor;          // (B,) accumulation dtype: ∂n_i/∂g_i's per-row factor (common.cuh)
   void* partials;        // (B, chunks) accumulation dtype workspace
   int32_t* partial_ties; // (B, chunks) workspace (linf)
   unsigned int* counter; // one zeroed word: blocks that finished their chunk
-  int64_t batch, dim, chunk, chunks, score_dim;
+  int64_t batch, dim, chunk, chunks;
   double center, weight, output_weight;
   DType dtype;
   Norm norm;
@@ -43,13 +44,13 @@ struct PenaltyBwdParams {
   const void* grad_penalty; // () accumulation dtype, upstream gradient of P
   const void* grad_norms;   // (B,) accumulation dtype upstream gradient of the norms, or nullptr
   const void* grad;         // (B, d)
+  const void* scores;       // (B,) accumulation dtype, or nullptr
   const void* norms;        // (B,)
   const void* coef;         // (B,)
-  const int32_t* ties;      // (B,)
-  const void* f;            // (B,)
+  const void* factor;       // (B,)
   void* grad_grad;          // (B, d) like grad
-  void* grad_scores;        // (B, t) accumulation dtype, or nullptr
-  int64_t batch, dim, chunk, chunks, score_dim;
+  void* grad_scores;        // (B,) accumulation dtype, or nullptr
+  int64_t batch, dim, chunk, chunks;
   double output_weight;
   DType dtype;
   Norm norm;
@@ -60,7 +61,7 @@ struct NormalizeFwdParams {
   const void* grad;      // (B, d)
   void* out;             // (B,) accumulation dtype
   void* norms;           // (B,) accumulation dtype: ‖g_i‖ (gn) or ‖1 - g_i‖ (pgn)
-  int32_t* ties;         // (B,)
+  void* factor;          // (B,) accumulation dtype
   void* partials;        // (B, chunks)
   int32_t* partial_ties; // (B, chunks)
   unsigned int* counter; // one zeroed word
@@ -75,7 +76,7 @@ struct NormalizeBwdParams {
   const void* scores;   // (B,)
   const void* grad;     // (B, d)
   const void* norms;    // (B,)
-  const int32_t* ties;  // (B,)
+  const void* factor;   // (B,)
   void* grad_scores;    // (B,) accumulation dtype
   void* grad_grad;      // (B, d) like grad
   int64_t batch, dim, chunk, chunks;

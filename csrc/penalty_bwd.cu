@@ -5,12 +5,10 @@
 namespace fastgp {
 
 cudaError_t launch_penalty_bwd(const PenaltyBwdParams& p, cudaStream_t stream) {
-  const int64_t score_blocks = p.grad_scores == nullptr ? 0 : (p.batch * p.score_dim + kThreads - 1) / kThreads;
   dispatch_dtype(p.dtype, [&](auto tag) {
     using scalar_t = typename decltype(tag)::type;
     dispatch_norm(p.norm, [&](auto norm) {
-      penalty_bwd_kernel<scalar_t, decltype(norm)::value>
-          <<<grid_size(p.batch * p.chunks + score_blocks), kThreads, 0, stream>>>(p);
+      penalty_bwd_kernel<scalar_t, decltype(norm)::value><<<grid_size(p.batch * p.chunks), kThreads, 0, stream>>>(p);
     });
   });
   return cudaGetLastError();

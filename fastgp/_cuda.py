@@ -180,32 +180,19 @@ def _register() -> None:
     @torch.library.register_fake(lib + "penalty_fwd")
     def _(grad, scores, norm, constraint, center, weight, reduction, output_weight):
         batch, acc = grad.shape[0], _acc(grad)
-        vec = grad.new_empty(batch, dtype=acc)
-        return (
-            grad.new_empty((), dtype=acc),
-            vec,
-            torch.empty_like(vec),
-            grad.new_empty(batch, dtype=torch.int32),
-            grad.new_empty(batch if scores is not None else 0, dtype=acc),
-        )
+        return grad.new_empty((), dtype=acc), *(grad.new_empty(batch, dtype=acc) for _ in range(3))
 
     @torch.library.register_fake(lib + "penalty_bwd")
-    def _(grad_penalty, grad_norms, grad, norms, coef, ties, f, scores, norm, output_weight):
-        acc = _acc(grad)
-        grad_scores = grad.new_empty(scores.shape if scores is not None else (0,), dtype=acc)
-        return torch.empty_like(grad), grad_scores
+    def _(dp, dnorms, grad, scores, norms, coef, factor, norm, output_weight):
+        return torch.empty_like(grad), (torch.empty_like(scores) if scores is not None else norms.new_empty(0))
 
     @torch.library.register_fake(lib + "normalize_fwd")
     def _(scores, grad, mode, norm):
         batch, acc = grad.shape[0], _acc(grad)
-        return (
-            grad.new_empty(batch, dtype=acc),
-            grad.new_empty(batch, dtype=acc),
-            grad.new_empty(batch, dtype=torch.int32),
-        )
+        return torch.empty_like(scores), grad.new_empty(batch, dtype=acc), grad.new_empty(batch, dtype=acc)
 
     @torch.library.register_fake(lib + "normalize_bwd")
-    def _(grad_out, scores, grad, norms, ties, mode, norm):
+    def _(dout, scores, grad, norms, factor, mode, norm):
         return torch.empty_like(scores), torch.empty_like(grad)
 
     # interpolate: ∂x̂/∂real = α, ∂x̂/∂fake = 1 - α; dragan: ∂x̂/∂real = I, ∂x̂/∂scale = α·u (u replayed
@@ -231,13 +218,13 @@ def _register() -> None:
     # ∂P/∂g_i = (λ/B)·h'(n_i)·∂n_i/∂g_i (or λ/k on the k maxima), ∂P/∂f_i = (2ε/B)·f_i: SPEC.md §3.
     def penalty_setup(ctx, inputs, output):
         grad, scores, norm, constraint, center, weight, reduction, output_weight = inputs
-        _, norms, coef, ties, f = output
+        _, norms, coef, factor = output
         ctx.args = (norm, constraint, center, weight, reduction, output_weight)
-        ctx.save_for_backward(grad, scores, norms, coef, ties, f)
-        ctx.mark_non_differentiable(coef, ties, f)
+        ctx.save_for_backward(grad, scores, norms, coef, factor)
+        ctx.mark_non_differentiable(coef, factor)
 
-    def penalty_backward(ctx, grad_penalty, grad_norms_out, _coef, _ties, _f):
-        grad, scores, norms, coef, ties, f = ctx.saved_tensors
+    def penalty_backward(ctx, dp, dnorms, _dcoef, _dfactor):
+        grad, scores, norms, coef, factor = ctx.saved_tensors
         norm, constraint, center, weight, reduction, output_weight = ctx.args
         if torch.is_grad_enabled():  # create_graph=True: differentiate the reference formulas instead
 
@@ -245,22 +232,14 @@ def _register() -> None:
                 kw = dict(norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction)
                 return reference.penalty_from_grad(g, scores=s, output_weight=output_weight, **kw)
 
-            return (*_reference_vjp(fn, (grad, scores), (grad_penalty, grad_norms_out)), *([None] * 6))
-        if grad_penalty is None:
-            grad_penalty = norms.new_zeros(())
-        grad_grad, grad_scores = ops.penalty_bwd(
-            grad_penalty.to(norms.dtype),
-            None if grad_norms_out is None else grad_norms_out.contiguous(),
-            grad,
-            norms,
-            coef,
-            ties,
-            f,
-            scores,
-            norm,
-            output_weight,
+            return (*_reference_vjp(fn, (grad, scores), (dp, dnorms)), *([None] * 6))
+        if dp is None:
+            dp = norms.new_zeros(())
+        dnorms = None if dnorms is None else dnorms.contiguous()
+        dgrad, dscores = ops.penalty_bwd(
+            dp.to(norms.dtype), dnorms, grad, scores, norms, coef, factor, norm, output_weight
         )
-        return grad_grad, (grad_scores if scores is not None else None), *([None] * 6)
+        return dgrad, (dscores if scores is not None else None), *([None] * 6)
 
     torch.library.register_autograd(lib + "penalty_fwd", penalty_backward, setup_context=penalty_setup)
 
@@ -271,17 +250,17 @@ def _register() -> None:
         ctx.save_for_backward(scores, grad, output[1], output[2])
         ctx.mark_non_differentiable(output[1], output[2])
 
-    def normalize_backward(ctx, grad_out, _grad_norms, _grad_ties):
-        scores, grad, norms, ties = ctx.saved_tensors
+    def normalize_backward(ctx, dout, _dnorms, _dfactor):
+        scores, grad, norms, factor = ctx.saved_tensors
         mode, norm = ctx.args
         if torch.is_grad_enabled():
 
             def fn(s, g):
                 return reference.normalize(s, g, mode, norm)
 
-            return (*_reference_vjp(fn, (scores, grad), (grad_out,)), None, None)
-        grad_scores, grad_grad = ops.normalize_bwd(grad_out.contiguous(), scores, grad, norms, ties, mode, norm)
-        return grad_scores, grad_grad, None, None
+            return (*_reference_vjp(fn, (scores, grad), (dout,)), None, None)
+        dscores, dgrad = ops.normalize_bwd(dout.contiguous(), scores, grad, norms, factor, mode, norm)
+        return dscores, dgrad, None, None
 
     torch.library.register_autograd(lib + "normalize_fwd", normalize_backward, setup_context=normalize_setup)
 
@@ -370,12 +349,13 @@ def penalty_from_grad(
     Per-chunk partial norms are combined in a fixed order by the last block (deterministic); L∞ keeps
     the count of tied maxima so that ties share the gradient. The backward is one kernel too.
     """
-    acc = _acc(grad)
-    use_scores = output_weight != 0.0 and scores is not None
-    s = scores.reshape(scores.shape[0], -1).to(acc).contiguous() if use_scores else None
+    f = None
+    if output_weight != 0.0 and scores is not None:
+        f = scores.reshape(scores.shape[0], -1).to(_acc(grad))
+        f = f.reshape(-1) if f.shape[1] == 1 else f.sum(dim=1)  # f_i, the sum of sample i's scores
     _load()
-    penalty, norms, _, _, _ = torch.ops.fastgp_cuda.penalty_fwd(
-        _rows(grad), s, norm, constraint, float(center), float(weight), reduction, float(output_weight)
+    penalty, norms, _, _ = torch.ops.fastgp_cuda.penalty_fwd(
+        _rows(grad), f, norm, constraint, float(center), float(weight), reduction, float(output_weight)
     )
     return penalty, norms
 

@@ -130,11 +130,20 @@ __device__ __forceinline__ bool last_block_done(unsigned int* counter) {
   return s_last;
 }
 
-// ∂n/∂v_j for one element v_j of a row with norm n (> 0) and `ties` maxima (linf), SPEC.md §3.
-template <Norm N, typename acc_t> __device__ __forceinline__ acc_t dnorm(acc_t v, acc_t n, int32_t ties) {
-  if constexpr (N == Norm::kL2) return v / n;
+// ∂n/∂v = factor · direction(v) (SPEC.md §3), split so that the forward saves one number per row:
+// factor = 1/n (l2), 1 (l1), 1/k over the k tied maxima (linf), and 0 where n = 0 (the zero-gradient rule);
+// direction = v (l2), sign(v) (l1), sign(v)·[|v| = n] (linf). Same split as the Triton backend's.
+template <Norm N, typename acc_t> __device__ __forceinline__ acc_t norm_factor(Partial<acc_t> r) {
+  if (r.value == acc_t(0)) return acc_t(0);
+  if constexpr (N == Norm::kL2) return acc_t(1) / r.value;
+  else if constexpr (N == Norm::kL1) return acc_t(1);
+  else return acc_t(1) / static_cast<acc_t>(r.count > 1 ? r.count : 1);
+}
+
+template <Norm N, typename acc_t> __device__ __forceinline__ acc_t norm_direction(acc_t v, acc_t n) {
+  if constexpr (N == Norm::kL2) return v;
   else if constexpr (N == Norm::kL1) return sign_of(v);
-  else return fabs(v) == n ? sign_of(v) / acc_t(ties) : acc_t(0);
+  else return fabs(v) == n ? sign_of(v) : acc_t(0);
 }
 
 }  // namespace fastgp

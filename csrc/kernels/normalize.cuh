@@ -15,10 +15,11 @@ template <Norm N, typename acc_t> __device__ void normalize_finish(const Normali
   const acc_t* scores = static_cast<const acc_t*>(p.scores);
   acc_t* out = static_cast<acc_t*>(p.out);
   acc_t* norms = static_cast<acc_t*>(p.norms);
+  acc_t* factor = static_cast<acc_t*>(p.factor);
   for (int64_t i = threadIdx.x; i < p.batch; i += blockDim.x) {
     const Partial<acc_t> r = row_norm<N, acc_t>(partials + i * p.chunks, p.partial_ties + i * p.chunks, p.chunks);
     norms[i] = r.value;
-    p.ties[i] = r.count;
+    factor[i] = norm_factor<N, acc_t>(r);
     const acc_t u = p.mode == Mode::kGn ? scores[i] : acc_t(1) - scores[i];
     const acc_t q = r.value + fabs(u);
     // `q == 0` rather than `q > 0`, so that a NaN score stays NaN.
@@ -50,7 +51,6 @@ __global__ void __launch_bounds__(kThreads) normalize_bwd_kernel(NormalizeBwdPar
   const acc_t go = static_cast<const acc_t*>(p.grad_out)[row];
   const acc_t f = static_cast<const acc_t*>(p.scores)[row];
   const acc_t n = static_cast<const acc_t*>(p.norms)[row];
-  const int32_t ties = N == Norm::kLinf ? p.ties[row] : 0;
   const acc_t u = ONE_MINUS ? acc_t(1) - f : f;
   const acc_t q = n + fabs(u);
   const bool empty = q == acc_t(0);
@@ -58,15 +58,14 @@ __global__ void __launch_bounds__(kThreads) normalize_bwd_kernel(NormalizeBwdPar
     const acc_t s = ONE_MINUS ? acc_t(-1) : acc_t(1);
     static_cast<acc_t*>(p.grad_scores)[row] = empty ? acc_t(0) : go * s * n / (q * q);
   }
-  // ∂n/∂g is 0 at n = 0 (PyTorch's vector_norm convention, which SPEC.md §4 inherits from §3).
-  const bool zero = empty || n == acc_t(0);
-  const acc_t scale = zero ? acc_t(0) : go * (ONE_MINUS ? u : -u) / (q * q);
+  // factor = 0 where n = 0: ∂n/∂g is 0 there (PyTorch's vector_norm convention, which SPEC.md §4 inherits).
+  const acc_t scale = empty ? acc_t(0) : go * (ONE_MINUS ? u : -u) / (q * q) * static_cast<const acc_t*>(p.factor)[row];
   const scalar_t* g = static_cast<const scalar_t*>(p.grad) + row * p.dim;
   scalar_t* out = static_cast<scalar_t*>(p.grad_grad) + row * p.dim;
   for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
     acc_t v = to_acc<acc_t>(g[j]);
     if constexpr (ONE_MINUS) v = acc_t(1) - v;
-    out[j] = from_acc<scalar_t>(zero ? acc_t(0) : scale * dnorm<N, acc_t>(v, n, ties));
+    out[j] = from_acc<scalar_t>(scale * norm_direction<N, acc_t>(v, n));
   }
 }
 

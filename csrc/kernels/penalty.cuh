@@ -3,7 +3,8 @@
 // Forward is one launch: block (i, c) reduces chunk c of row i to a partial (sum of squares, sum of |g|,
 // or max |g| with its count), and the block that finishes last combines the partials in chunk order,
 // so the result does not depend on block scheduling, and writes the norms, the per-sample backward
-// coefficient and P. Backward is one launch from the saved norms, coefficients and tie counts.
+// coefficient ∂P/∂n_i, the factor of ∂n_i/∂g_i (1/k for k tied maxima under linf) and P. Backward is
+// one launch from those.
 #pragma once
 
 #include "common.cuh"
@@ -31,7 +32,7 @@ template <Norm N, typename acc_t> __device__ void penalty_finish(const PenaltyFw
   const acc_t* scores = static_cast<const acc_t*>(p.scores);
   acc_t* norms = static_cast<acc_t*>(p.norms);
   acc_t* coef = static_cast<acc_t*>(p.coef);
-  acc_t* f = static_cast<acc_t*>(p.f);
+  acc_t* factor = static_cast<acc_t*>(p.factor);
   const acc_t center = static_cast<acc_t>(p.center);
   const bool use_max = p.reduction == Reduction::kMax;
   __shared__ acc_t s_h;
@@ -43,16 +44,11 @@ template <Norm N, typename acc_t> __device__ void penalty_finish(const PenaltyFw
   for (int64_t i = threadIdx.x; i < p.batch; i += blockDim.x) {
     const Partial<acc_t> r = row_norm<N, acc_t>(partials + i * p.chunks, p.partial_ties + i * p.chunks, p.chunks);
     norms[i] = r.value;
-    p.ties[i] = r.count;
+    factor[i] = norm_factor<N, acc_t>(r);
     const Partial<acc_t> h{constraint_value(p.constraint, r.value, center), 1};
     coef[i] = h.value;  // kept for pass 2, so that `h_i == max` compares the very same bits
     h_acc = use_max ? combine<Norm::kLinf>(h_acc, h) : combine<Norm::kL2>(h_acc, h);
-    if (scores != nullptr) {
-      acc_t fi = 0;
-      for (int64_t t = 0; t < p.score_dim; ++t) fi += scores[i * p.score_dim + t];
-      f[i] = fi;
-      f2.value += fi * fi;
-    }
+    if (scores != nullptr) f2.value += scores[i] * scores[i];
   }
   h_acc = use_max ? block_reduce<Norm::kLinf, acc_t, kThreads>(h_acc) : block_reduce<Norm::kL2, acc_t, kThreads>(h_acc);
   f2 = block_reduce<Norm::kL2, acc_t, kThreads>(f2);
@@ -69,10 +65,9 @@ template <Norm N, typename acc_t> __device__ void penalty_finish(const PenaltyFw
   // Pass 2: dP/dn_i = (λ/B) h'(n_i), or (λ/k) h'(n_i) on the k samples that attain the max (ties share).
   const acc_t weight = static_cast<acc_t>(p.weight);
   for (int64_t i = threadIdx.x; i < p.batch; i += blockDim.x) {
-    const acc_t n = norms[i];
     acc_t scale = weight / static_cast<acc_t>(p.batch);
     if (use_max) scale = coef[i] == s_h ? weight / static_cast<acc_t>(s_k) : acc_t(0);
-    coef[i] = scale * constraint_slope(p.constraint, n, center);
+    coef[i] = scale * constraint_slope(p.constraint, norms[i], center);
   }
 }
 
@@ -90,33 +85,27 @@ template <typename scalar_t, Norm N> __global__ void __launch_bounds__(kThreads)
   if (last_block_done(p.counter)) penalty_finish<N, acc_t>(p);
 }
 
-// ∂P/∂g_ij = (gP · coef_i + gN_i) · ∂n_i/∂g_ij (0 where n_i = 0); the blocks past the rows write
-// ∂P/∂s_it = (2ε/B) · f_i · gP.
+// ∂P/∂g_ij = (gP · coef_i + gN_i) · factor_i · direction(g_ij), which is 0 where n_i = 0 (factor_i = 0);
+// the first thread of each row's first block also writes ∂P/∂f_i = (2ε/B) · f_i · gP.
 template <typename scalar_t, Norm N> __global__ void __launch_bounds__(kThreads) penalty_bwd_kernel(PenaltyBwdParams p) {
   using acc_t = acc_of_t<scalar_t>;
   const acc_t gp = *static_cast<const acc_t*>(p.grad_penalty);
   const int64_t block = blockIdx.x;
-  if (block >= p.batch * p.chunks) {
-    const int64_t idx = (block - p.batch * p.chunks) * blockDim.x + threadIdx.x;
-    if (idx < p.batch * p.score_dim) {
-      const acc_t fi = static_cast<const acc_t*>(p.f)[idx / p.score_dim];
-      static_cast<acc_t*>(p.grad_scores)[idx] =
-          acc_t(2) * static_cast<acc_t>(p.output_weight) / static_cast<acc_t>(p.batch) * fi * gp;
-    }
-    return;
-  }
   const int64_t row = block / p.chunks, begin = (block % p.chunks) * p.chunk;
   const int64_t end = begin + p.chunk < p.dim ? begin + p.chunk : p.dim;
+  if (p.grad_scores != nullptr && begin == 0 && threadIdx.x == 0) {
+    const acc_t fi = static_cast<const acc_t*>(p.scores)[row];
+    static_cast<acc_t*>(p.grad_scores)[row] =
+        acc_t(2) * static_cast<acc_t>(p.output_weight) / static_cast<acc_t>(p.batch) * fi * gp;
+  }
   const acc_t n = static_cast<const acc_t*>(p.norms)[row];
-  const int32_t ties = N == Norm::kLinf ? p.ties[row] : 0;
   acc_t scale = gp * static_cast<const acc_t*>(p.coef)[row];
   if (p.grad_norms != nullptr) scale += static_cast<const acc_t*>(p.grad_norms)[row];
+  scale *= static_cast<const acc_t*>(p.factor)[row];
   const scalar_t* g = static_cast<const scalar_t*>(p.grad) + row * p.dim;
   scalar_t* out = static_cast<scalar_t*>(p.grad_grad) + row * p.dim;
   for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
-    // n = 0: the whole row's gradient is 0 for every norm and constraint (SPEC.md §3); a NaN n is not 0.
-    const acc_t v = n == acc_t(0) ? acc_t(0) : scale * dnorm<N, acc_t>(to_acc<acc_t>(g[j]), n, ties);
-    out[j] = from_acc<scalar_t>(v);
+    out[j] = from_acc<scalar_t>(scale * norm_direction<N, acc_t>(to_acc<acc_t>(g[j]), n));
   }
 }
 
