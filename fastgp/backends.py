@@ -14,6 +14,8 @@ from types import ModuleType
 
 import torch
 
+from fastgp import reference
+
 NAMES = ("torch", "triton", "cuda")
 ENV_VAR = "FASTGP_BACKEND"
 
@@ -104,4 +106,14 @@ def select(backend: str, device: torch.device) -> ModuleType:
     reason = _why_not(name, device)
     if reason is not None:
         raise ValueError(f"backend={name!r} cannot run here: {reason}")
-    return importlib.import_module(_MODULES[name])
+    return _loaded.get(name) or _load(name)
+
+
+# importlib is opaque to torch.compile (a graph break, an error under fullgraph=True), so a backend is
+# imported once and then read from this dict; the reference is always there.
+_loaded: dict[str, ModuleType] = {"torch": reference}
+
+
+def _load(name: str) -> ModuleType:
+    _loaded[name] = importlib.import_module(_MODULES[name])
+    return _loaded[name]

@@ -1,0 +1,287 @@
+"""The public functions (SPEC.md §8): validate once, pick a backend, call exactly one op."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fastgp import backends, reference, training, validation
+from fastgp.presets import presets
+
+_BACKEND_NAMES = ("auto", *backends.NAMES)
+
+
+class _Default:
+    """A signature default that a preset may override, unlike a value the caller passed."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+_POINTS, _NORM, _CONSTRAINT = _Default("interpolate"), _Default("l2"), _Default("ls")
+_CENTER, _WEIGHT = _Default(1.0), _Default(10.0)
+
+
+@dataclass(frozen=True)
+class PenaltyDetails:
+    """What `gradient_penalty(..., return_details=True)` computed on the way to the penalty.
+
+    `x_hat` the points, `alpha` the per-sample α (None for real/fake/a tensor), `scores` the
+    per-sample scores ``f_i`` (B,), `grad` ``∂f_i/∂x̂_i`` (create_graph=True), `norms` the
+    per-sample norms (float32, float64 for float64).
+    """
+
+    x_hat: Tensor
+    alpha: Tensor | None
+    scores: Tensor
+    grad: Tensor
+    norms: Tensor
+
+
+def _differentiate(
+    D: Callable[..., Any], x: Tensor, args: tuple, kwargs: dict, *, scaler: Any = None, create_graph: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Scores ``f_i`` (sum of D's outputs for sample i) and ``g = ∂f/∂x`` in one forward pass."""
+    if not x.requires_grad:
+        x = x.detach().requires_grad_(True)
+    out = validation.d_output(D(x, *args, **kwargs), x.shape[0])
+    scores = out.reshape(out.shape[0], -1).sum(dim=1)
+    total = scores.sum()
+    if scaler is not None:
+        # PyTorch's AMP gradient-penalty recipe: differentiate the scaled scores so small fp16
+        # gradients do not flush to zero, then unscale before the norm.
+        total = scaler.scale(total)
+    (grad,) = torch.autograd.grad(total, x, create_graph=create_graph, allow_unused=True)
+    if grad is None:
+        raise ValueError("D's output does not depend on its input x (the gradient is None)")
+    if scaler is not None:
+        grad = grad * (1.0 / scaler.get_scale())
+    if create_graph:
+        training.check_critic(D, grad)
+    return scores, grad
+
+
+def _settings(preset: object, **given: Any) -> dict[str, Any]:
+    """Explicit arguments win over the preset, which wins over the signature's defaults."""
+    base = {}
+    if preset is not None:
+        base = presets[validation.choice("preset", preset, presets)].as_kwargs()
+    return {k: (base.get(k, v.value) if isinstance(v, _Default) else v) for k, v in given.items()}
+
+
+def _penalty_settings(
+    norm: object, constraint: object, center: object, weight: object, reduction: object, output_weight: object
+) -> dict[str, Any]:
+    return {
+        "norm": validation.choice("norm", norm, reference.NORMS),
+        "constraint": validation.choice("constraint", constraint, reference.CONSTRAINTS),
+        "center": validation.non_negative("center", center),
+        "weight": validation.non_negative("weight", weight),
+        "reduction": validation.choice("reduction", reduction, reference.REDUCTIONS),
+        "output_weight": validation.non_negative("output_weight", output_weight),
+    }
+
+
+def gradient_penalty(
+    D: Callable[..., Any],
+    real: Tensor | None,
+    fake: Tensor | None = None,
+    *,
+    preset: str | None = None,
+    points: str | Tensor = _POINTS,
+    norm: str = _NORM,
+    constraint: str = _CONSTRAINT,
+    center: float = _CENTER,
+    weight: float = _WEIGHT,
+    output_weight: float = 0.0,
+    reduction: str = "mean",
+    seed: int | None = None,
+    d_args: tuple = (),
+    d_kwargs: dict[str, Any] | None = None,
+    scaler: Any = None,
+    backend: str = "auto",
+    return_details: bool = False,
+) -> Tensor | tuple[Tensor, PenaltyDetails]:
+    """Sample the points, differentiate D there, penalise the per-sample gradient norms.
+
+    ``P = λ · R_i h(‖∇_x̂ f_i(x̂_i)‖) + ε · mean_i f_i(x̂)²`` (SPEC.md §3), with ``R`` the batch
+    mean or max, ``h`` the constraint (``ls`` ``(n-c)²``, ``hinge`` ``max(0, n-c)``,
+    ``squared_hinge`` ``max(0, n-c)²``) and ``x̂`` from `points` (SPEC.md §2). WGAN-GP is
+    Gulrajani et al. 2017; the L1/L∞ norms and the hinge are Jolicoeur-Martineau & Mitliagkas.
+    `preset` fills in the settings of a named penalty (``fastgp.presets``); an argument given
+    explicitly overrides it. ``D(x̂, *d_args, **d_kwargs)`` may return ``(B,)``, ``(B, 1)`` or
+    ``(B, *T)`` (patch critics: ``f_i`` is the sum over ``T``). With a ``GradScaler`` the input
+    gradient is taken of the scaled scores and unscaled before the norm. Returns the scalar
+    penalty (float32; float64 for float64), or ``(penalty, PenaltyDetails)``.
+    """
+    s = _settings(preset, points=points, norm=norm, constraint=constraint, center=center, weight=weight)
+    validation.callable_("D", D)
+    pts = s["points"]
+    if isinstance(pts, Tensor):
+        device = validation.tensor("points", pts).device
+    else:
+        validation.choice("points", pts, reference.POINTS)
+        need = {"interpolate": ("real", "fake"), "dragan": ("real",), "real": ("real",), "fake": ("fake",)}[pts]
+        given = {"real": real, "fake": fake}
+        for name in need:
+            if given[name] is None:
+                raise ValueError(f"points={pts!r} needs {name}, got None")
+            validation.tensor(name, given[name])
+        if real is not None and fake is not None:
+            validation.tensor("real", real)
+            validation.tensor("fake", fake)
+            validation.same_tensors(real, fake)
+        device = (real if real is not None else fake).device
+    ps = _penalty_settings(s["norm"], s["constraint"], s["center"], s["weight"], reduction, output_weight)
+    validation.seed(seed)
+    args, kwargs = validation.d_args(d_args, d_kwargs)
+    validation.scaler(scaler)
+    validation.choice("backend", backend, _BACKEND_NAMES)
+    validation.grad_enabled("gradient_penalty")
+    ops = backends.select(backend, device)
+
+    x_hat, alpha = (pts, None) if isinstance(pts, Tensor) else ops.interpolate(real, fake, pts, seed)
+    scores, grad = _differentiate(D, x_hat, args, kwargs, scaler=scaler)
+    penalty, norms = ops.penalty_from_grad(grad, scores=scores if ps["output_weight"] else None, **ps)
+    if return_details:
+        return penalty, PenaltyDetails(x_hat, alpha, scores, grad, norms)
+    return penalty
+
+
+def interpolate(
+    real: Tensor,
+    fake: Tensor | None = None,
+    *,
+    points: str = "interpolate",
+    seed: int | None = None,
+    backend: str = "auto",
+    return_alpha: bool = False,
+) -> Tensor | tuple[Tensor, Tensor | None]:
+    """The points of SPEC.md §2: ``α_i x_i + (1-α_i) y_i`` (WGAN-GP), DRAGAN's
+    ``x_i + α_i · 0.5 · std(x) · u_i``, or the real/fake batch itself; ``α_i ~ U[0,1)`` per
+    sample from a generator keyed by `seed` (PyTorch's default generator when None).
+    Differentiable in `real` and `fake`; returns ``x̂`` or ``(x̂, α)``.
+    """
+    validation.choice("points", points, reference.POINTS)
+    validation.tensor("real", real)
+    if points in ("interpolate", "fake") or fake is not None:
+        if fake is None:
+            raise ValueError(f"points={points!r} needs fake, got None")
+        validation.tensor("fake", fake)
+        validation.same_tensors(real, fake)
+    validation.seed(seed)
+    validation.choice("backend", backend, _BACKEND_NAMES)
+    x_hat, alpha = backends.select(backend, real.device).interpolate(real, fake, points, seed)
+    return (x_hat, alpha) if return_alpha else x_hat
+
+
+def input_grad(D: Callable[..., Any], x: Tensor, *d_args: Any, **d_kwargs: Any) -> tuple[Tensor, Tensor]:
+    """``(f, ∂f_i/∂x_i)`` from one forward of ``D(x, *d_args, **d_kwargs)``, with create_graph=True.
+
+    ``f_i`` is the sum of D's outputs for sample i, shape (B,). The scores carry D's graph, so the
+    same forward serves the D loss and R1/R2 (Mescheder et al. 2018) or GN (Wu et al. 2021).
+    If `x` does not require grad, a leaf copy that does is differentiated instead.
+    """
+    validation.callable_("D", D)
+    validation.tensor("x", x)
+    validation.grad_enabled("input_grad")
+    return _differentiate(D, x, d_args, d_kwargs)
+
+
+def penalty_from_grad(
+    grad: Tensor,
+    *,
+    norm: str = "l2",
+    constraint: str = "ls",
+    center: float = 1.0,
+    weight: float = 10.0,
+    reduction: str = "mean",
+    scores: Tensor | None = None,
+    output_weight: float = 0.0,
+    backend: str = "auto",
+) -> Tensor:
+    """``P = λ · R_i h(‖g_i‖) + ε · mean_i f_i²`` from a gradient you already have (SPEC.md §3).
+
+    `grad` is (B, *S), flattened per sample; `scores` (B,) or (B, *T) is needed only for the
+    output term (`output_weight` ε, Karras et al.; Chu et al. 2020 §6.1). Under ``no_grad`` it
+    computes the value without a graph, for logging.
+    """
+    validation.tensor("grad", grad)
+    ps = _penalty_settings(norm, constraint, center, weight, reduction, output_weight)
+    if scores is not None:
+        validation.tensor("scores", scores)
+        validation.same_batch("scores", scores, "grad", grad)
+    elif ps["output_weight"]:
+        raise ValueError("output_weight > 0 needs scores, got None")
+    validation.choice("backend", backend, _BACKEND_NAMES)
+    ops = backends.select(backend, grad.device)
+    return ops.penalty_from_grad(grad, scores=scores if ps["output_weight"] else None, **ps)[0]
+
+
+def grad_norms(grad: Tensor, norm: str = "l2") -> Tensor:
+    """Per-sample ``‖g_i‖`` (l2, l1 or linf) of `grad` flattened to (B, d): (B,) float32
+    (float64 for float64), differentiable, zero gradient at a zero row (SPEC.md §3)."""
+    validation.tensor("grad", grad)
+    validation.choice("norm", norm, reference.NORMS)
+    return reference.grad_norms(grad, norm)
+
+
+def _normalize_args(mode: object, norm: object, backend: object) -> None:
+    validation.choice("mode", mode, reference.MODES)
+    validation.choice("norm", norm, reference.NORMS)
+    validation.choice("backend", backend, _BACKEND_NAMES)
+
+
+def normalize(scores: Tensor, grad: Tensor, *, mode: str = "gn", norm: str = "l2", backend: str = "auto") -> Tensor:
+    """Gradient normalisation (SPEC.md §4): GN ``f̂ = f / (‖∇f‖ + |f|)`` (Wu et al. 2021) or
+    PGN ``f̂ = (1-f) / (‖1-∇f‖ + |1-f|)`` (Xia, Algorithm 1), with ``f̂ = 0`` where the
+    denominator is 0. `scores` holds one score per sample; `grad` is ``∂f/∂x`` with its graph
+    (the generator's signal flows through it). Returns the shape and dtype of `scores`.
+    For 004's Theorem 6 variant use ``normalize(1 - f, g, mode="gn")``.
+    """
+    validation.tensor("scores", scores)
+    validation.tensor("grad", grad)
+    validation.same_batch("scores", scores, "grad", grad)
+    if scores.numel() != scores.shape[0]:
+        raise ValueError(f"scores must hold one score per sample, got shape {tuple(scores.shape)}")
+    _normalize_args(mode, norm, backend)
+    return backends.select(backend, scores.device).normalize(scores, grad, mode, norm)
+
+
+class normalized(nn.Module):
+    """Wrap a critic so that ``forward(x, *a, **k)`` returns its normalised scores ``f̂`` (B,).
+
+    GN-GAN (Wu et al. 2021) / PGN (Xia): ``f̂ = u / (‖g'‖ + |u|)`` with ``f`` and ``g = ∂f/∂x``
+    from one forward of D (see `normalize`). Under ``torch.no_grad()`` it still differentiates D
+    (GN needs ∇f) and returns detached values, for evaluation.
+    """
+
+    def __init__(
+        self, D: nn.Module | Callable[..., Any], *, mode: str = "gn", norm: str = "l2", backend: str = "auto"
+    ) -> None:
+        super().__init__()
+        validation.callable_("D", D)
+        _normalize_args(mode, norm, backend)
+        self.D, self.mode, self.norm, self.backend = D, mode, norm, backend
+
+    def forward(self, x: Tensor, *d_args: Any, **d_kwargs: Any) -> Tensor:
+        validation.tensor("x", x)
+        if torch.is_inference_mode_enabled():
+            raise ValueError("normalized(D) differentiates D and cannot run under torch.inference_mode()")
+        differentiable = torch.is_grad_enabled()
+        with torch.enable_grad():
+            scores, grad = _differentiate(self.D, x, d_args, d_kwargs, create_graph=differentiable)
+            out = normalize(scores, grad, mode=self.mode, norm=self.norm, backend=self.backend)
+        return out if differentiable else out.detach()
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, norm={self.norm!r}"

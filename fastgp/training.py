@@ -1,0 +1,178 @@
+"""Helpers for putting a gradient penalty into a real training loop.
+
+`LazyRegularizer` is StyleGAN2's lazy regularisation. `check_critic` is what `gradient_penalty`,
+`input_grad` and `normalized` run on the critic after differentiating it: a warning for BatchNorm in
+training mode, and, on the first call for each critic, one probe of the double backward that turns
+PyTorch's "derivative ... is not implemented" (raised much later, inside the user's `.backward()`)
+into an immediate error that names the workaround.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+CHECK_ENV_VAR = "FASTGP_CHECK_DOUBLE_BACKWARD"
+
+
+class LazyRegularizer:
+    """Lazy regularisation (Karras et al. 2020, StyleGAN2 §3.1 and Appendix B): apply the penalty
+    only every `every` steps, multiplied by `every`, so that its expected gradient per step is
+    unchanged: ``Σ_{t<k} [t ≡ 0 mod k] · k · ∇P = k · ∇P``.
+
+    >>> lazy = LazyRegularizer(every=16)
+    >>> loss = d_loss + (lazy(fastgp.gradient_penalty(D, real, preset="r1")) if lazy.due(step) else 0)
+    """
+
+    def __init__(self, every: int) -> None:
+        if isinstance(every, bool) or not isinstance(every, int):
+            raise TypeError(f"every must be an int, got {type(every).__name__}")
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.every = every
+
+    def due(self, step: int) -> bool:
+        """Whether step `step` (counted from 0) regularises: ``step % every == 0``."""
+        return step % self.every == 0
+
+    def __call__(self, penalty: Tensor) -> Tensor:
+        """The penalty of a regularising step, ``every · P``."""
+        return penalty * self.every
+
+    def adam_hparams(self, lr: float, betas: tuple[float, float]) -> tuple[float, tuple[float, float]]:
+        """StyleGAN2's correction for a separate regularisation step (its ``training_loop.py``):
+        with ``c = k / (k + 1)``, ``lr · c`` and ``betas ** c``, because the optimiser then takes
+        ``k + 1`` steps where it used to take ``k``. Not needed when the penalty is added to the
+        main loss of the same step (one optimiser step either way)."""
+        c = self.every / (self.every + 1)
+        return lr * c, (betas[0] ** c, betas[1] ** c)
+
+    def __repr__(self) -> str:
+        return f"LazyRegularizer(every={self.every})"
+
+
+# Critics already probed, and the BatchNorm layers of each module critic, held weakly so that a
+# discarded critic is forgotten.
+_probed: weakref.WeakSet = weakref.WeakSet()
+_probed_ids: set[int] = set()
+_batchnorms: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_warned: weakref.WeakSet = weakref.WeakSet()
+
+
+def check_critic(D: Callable[..., Any], grad: Tensor) -> None:
+    """Run by the public functions on a critic they have just differentiated (``grad = ∂f/∂x``
+    with its graph): warn about BatchNorm in training mode, and probe the double backward once.
+
+    Set ``FASTGP_CHECK_DOUBLE_BACKWARD=0`` to skip the probe (it costs one extra double backward on
+    the first call for each critic).
+    """
+    if isinstance(D, nn.Module):
+        _warn_batchnorm(D)
+    if os.environ.get(CHECK_ENV_VAR, "1") != "0":
+        _probe_double_backward(D, grad)
+
+
+def _warn_batchnorm(D: nn.Module) -> None:
+    layers = _batchnorms.get(D)
+    if layers is None:
+        # Cached because walking a large critic on every step costs more than the check is worth;
+        # the .training flags are still read every call since D.train()/D.eval() flip them.
+        layers = _batchnorms[D] = tuple((n, m) for n, m in D.named_modules() if isinstance(m, _BatchNorm))
+    training = [n or type(m).__name__ for n, m in layers if m.training]
+    if not training or D in _warned:
+        return
+    _warned.add(D)
+    warnings.warn(
+        f"fastgp: the critic has BatchNorm layers in training mode ({', '.join(training[:3])}"
+        f"{', ...' if len(training) > 3 else ''}). Batch statistics mix the samples, so ∂f_i/∂x_i is not a "
+        "per-sample gradient and the penalty is not the paper's. Workaround: evaluate the penalty with "
+        "D.eval() (and D.train() afterwards), or use GroupNorm, LayerNorm or no normalisation in the critic "
+        "(Gulrajani et al. 2017 §4 recommend layer normalisation).",
+        UserWarning,
+        stacklevel=5,
+    )
+
+
+def _seen(D: object) -> bool:
+    try:
+        return D in _probed
+    except TypeError:  # not weak-referenceable (a bound method, a builtin)
+        return id(D) in _probed_ids
+
+
+def _remember(D: object) -> None:
+    try:
+        _probed.add(D)
+    except TypeError:
+        _probed_ids.add(id(D))
+
+
+def _leaves(grad: Tensor) -> list[Tensor]:
+    """The leaf tensors (parameters, inputs) that `grad`'s graph reaches."""
+    leaves, seen, stack = [], set(), [grad.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)  # AccumulateGrad nodes hold their leaf
+        if isinstance(variable, Tensor):
+            leaves.append(variable)
+        stack.extend(fn for fn, _ in node.next_functions)
+    return leaves
+
+
+def _probe_double_backward(D: object, grad: Tensor) -> None:
+    if grad.grad_fn is None or _seen(D):
+        return
+    leaves = _leaves(grad)
+    if leaves:
+        try:
+            # autograd.grad with explicit inputs accumulates nothing into .grad and fires no
+            # DistributedDataParallel hooks, so the probe leaves the training step as it was.
+            torch.autograd.grad(grad.float().square().sum(), leaves, retain_graph=True, allow_unused=True)
+        except RuntimeError as err:
+            raise RuntimeError(explain_double_backward_error(err)) from err
+    _remember(D)
+
+
+def explain_double_backward_error(err: BaseException) -> str:
+    """The message of `err` (PyTorch's refusal to differentiate a backward) with the workaround."""
+    said = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    low = said.lower()
+    if "cudnn_rnn" in low:
+        fix = (
+            "cuDNN's RNN/LSTM/GRU kernels have no double backward: run the critic's penalty pass inside "
+            "`with torch.backends.cudnn.flags(enabled=False):` (PyTorch's native RNN kernels are twice "
+            "differentiable)."
+        )
+    elif "scaled_dot_product" in low or "attention" in low:
+        fix = (
+            "the fused scaled_dot_product_attention kernels (flash, memory-efficient, cuDNN) have no double "
+            "backward: run the critic's penalty pass inside "
+            "`with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):`."
+        )
+    elif "once_differentiable" in low:
+        fix = (
+            "a custom torch.autograd.Function in the critic is marked @once_differentiable: write its backward "
+            "with differentiable torch operations (and drop the decorator) or give it a double backward."
+        )
+    else:
+        fix = (
+            "an operation in the critic has no double backward (e.g. cuDNN RNNs: "
+            "`torch.backends.cudnn.flags(enabled=False)`; fused attention: "
+            "`torch.nn.attention.sdpa_kernel(SDPBackend.MATH)`; a custom autograd.Function: make its backward "
+            "differentiable): replace it by a twice-differentiable equivalent for the penalty pass."
+        )
+    return (
+        "fastgp: the critic cannot be differentiated twice, so the gradient penalty cannot be back-propagated "
+        f"into its parameters. PyTorch said: {said!r}. Workaround: {fix} "
+        f"({CHECK_ENV_VAR}=0 skips this check.)"
+    )

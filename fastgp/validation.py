@@ -1,0 +1,125 @@
+"""SPEC.md §7: every refused input raises here, naming the argument, before any computation.
+
+Nothing in this module touches autograd state, so a refused call leaves every `.grad` as it was.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from numbers import Real
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def _names(choices: Iterable[str]) -> str:
+    return ", ".join(repr(c) for c in choices)
+
+
+def choice(name: str, value: object, choices: Iterable[str]) -> str:
+    """`value` must be one of the strings `choices`."""
+    choices = tuple(choices)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, one of {_names(choices)}; got {type(value).__name__}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {_names(choices)}; got {value!r}")
+    return value
+
+
+def non_negative(name: str, value: object) -> float:
+    """`value` must be a finite real number ≥ 0 (weights and centres, SPEC.md §7)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be finite and non-negative, got {value}")
+    return value
+
+
+def tensor(name: str, value: object) -> Tensor:
+    """`value` must be a floating-point tensor with a non-empty batch dimension."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+    if value.dim() == 0:
+        raise ValueError(f"{name} must have a batch dimension, got a 0-d tensor")
+    if value.shape[0] == 0:
+        raise ValueError(f"{name} must not be an empty batch, got shape {tuple(value.shape)}")
+    return value
+
+
+def same_batch(name: str, value: Tensor, ref_name: str, ref: Tensor) -> None:
+    """`value` must be on `ref`'s device with `ref`'s batch size."""
+    if value.device != ref.device:
+        raise ValueError(f"{name} is on {value.device} but {ref_name} is on {ref.device}")
+    if value.shape[0] != ref.shape[0]:
+        raise ValueError(f"{name} has batch size {value.shape[0]} but {ref_name} has {ref.shape[0]}")
+
+
+def same_tensors(real: Tensor, fake: Tensor) -> None:
+    """`real` and `fake` must agree in shape, dtype and device (SPEC.md §2)."""
+    if real.shape != fake.shape:
+        raise ValueError(f"fake has shape {tuple(fake.shape)} but real has {tuple(real.shape)}")
+    if real.dtype != fake.dtype:
+        raise TypeError(f"fake has dtype {fake.dtype} but real has {real.dtype}")
+    if real.device != fake.device:
+        raise ValueError(f"fake is on {fake.device} but real is on {real.device}")
+
+
+def seed(value: object) -> int | None:
+    """`seed` is None or an int in [0, 2**63)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"seed must be an int or None, got {type(value).__name__}")
+    if not 0 <= value < 2**63:
+        raise ValueError(f"seed must be in [0, 2**63), got {value}")
+    return value
+
+
+def callable_(name: str, value: object) -> Callable[..., Any]:
+    if not callable(value):
+        raise TypeError(f"{name} must be callable (a module or function), got {type(value).__name__}")
+    return value
+
+
+def grad_enabled(function: str) -> None:
+    """A differentiable penalty needs autograd on."""
+    if torch.is_inference_mode_enabled():
+        raise ValueError(f"{function} needs autograd but was called under torch.inference_mode()")
+    if not torch.is_grad_enabled():
+        raise ValueError(
+            f"{function} needs autograd but was called under torch.no_grad(); "
+            "call it where gradients are enabled (the penalty is back-propagated into D)"
+        )
+
+
+def d_args(args: object, kwargs: object) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if not isinstance(args, (tuple, list)):
+        raise TypeError(f"d_args must be a tuple of extra positional arguments for D, got {type(args).__name__}")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise TypeError(f"d_kwargs must be a dict of keyword arguments for D or None, got {type(kwargs).__name__}")
+    return tuple(args), dict(kwargs or {})
+
+
+def scaler(value: object) -> None:
+    if value is not None and not (hasattr(value, "scale") and hasattr(value, "get_scale")):
+        raise TypeError(f"scaler must be a torch.amp.GradScaler or None, got {type(value).__name__}")
+
+
+def d_output(out: object, batch: int) -> Tensor:
+    """D's output must be a floating tensor of shape (B,), (B, 1) or (B, *T) that depends on x̂."""
+    if not isinstance(out, Tensor):
+        raise TypeError(f"D must return a torch.Tensor of scores, got {type(out).__name__}")
+    if not out.is_floating_point():
+        raise TypeError(f"D's output must be floating point, got {out.dtype}")
+    if out.dim() == 0 or out.shape[0] != batch:
+        raise ValueError(
+            f"D's output must have the batch size {batch} as its first dimension, got shape {tuple(out.shape)}"
+        )
+    if not out.requires_grad:
+        raise ValueError("D's output does not depend on its input x (it does not require grad)")
+    return out

@@ -1,0 +1,104 @@
+"""Every backend that runs here, through the public API, against the reference backend."""
+
+import importlib
+
+import pytest
+import torch
+from torch import nn
+
+import fastgp
+import fastgp.reference as R
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+FUSED = [
+    (name, device)
+    for name in ("triton", "cuda")
+    for device in DEVICES
+    if name in fastgp.backends()
+    and fastgp.backends()[name].available
+    and (device == "cuda" or name == "triton")  # on CPU tensors only Triton's interpreter runs
+]
+
+
+def backends_module():
+    # `fastgp.backends` is the public function; the module of the same name lives in sys.modules.
+    return importlib.import_module("fastgp.backends")
+
+
+def critic(device):
+    torch.manual_seed(torch.randint(0, 2**31, ()).item())
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Softplus(), nn.Flatten(), nn.Linear(4 * 5 * 6, 1)).to(
+        device, torch.float64
+    )
+
+
+def grads(D):
+    out = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in D.parameters()]
+    D.zero_grad()
+    return out
+
+
+@pytest.mark.parametrize("backend,device", FUSED)
+@pytest.mark.parametrize("preset", list(fastgp.presets))
+def test_gradient_penalty_matches_reference(backend, device, preset):
+    D = critic(device)
+    real = torch.randn(3, 3, 5, 6, dtype=torch.float64, device=device)
+    fake = torch.randn(3, 3, 5, 6, dtype=torch.float64, device=device).to(memory_format=torch.channels_last)
+    fake = fake.contiguous() if preset == "dragan" else fake
+    P, det = fastgp.gradient_penalty(
+        D, real, fake, preset=preset, output_weight=0.1, backend=backend, return_details=True
+    )
+    P.backward()
+    ours = grads(D)
+    if det.alpha is not None:
+        assert ((det.alpha >= 0) & (det.alpha < 1)).all()
+    if preset in ("wgan-gp", "0-gp", "lp", "max-margin"):
+        a = det.alpha.view(-1, 1, 1, 1).to(real.dtype)
+        torch.testing.assert_close(det.x_hat, a * real + (1 - a) * fake, rtol=1e-12, atol=1e-12)
+    want = fastgp.gradient_penalty(
+        D, real, fake, preset=preset, output_weight=0.1, points=det.x_hat.detach(), backend="torch"
+    )
+    want.backward()
+    torch.testing.assert_close(P, want, rtol=1e-10, atol=1e-12)
+    for a, b in zip(ours, grads(D), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend,device", FUSED)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_penalty_from_grad_low_precision(backend, device, dtype):
+    g = torch.randn(5, 3, 7, 9, device=device).to(dtype).requires_grad_(True)
+    for norm in R.NORMS:
+        P = fastgp.penalty_from_grad(g, norm=norm, backend=backend)
+        want = fastgp.penalty_from_grad(g.double(), norm=norm, backend="torch")
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(P.double(), want, rtol=tol, atol=tol)
+        (dg,) = torch.autograd.grad(P, g)
+        (want_g,) = torch.autograd.grad(fastgp.penalty_from_grad(g, norm=norm, backend="torch"), g)
+        assert dg.dtype == dtype
+        torch.testing.assert_close(dg.float(), want_g.float(), rtol=2 * tol, atol=tol)
+
+
+@pytest.mark.parametrize("backend,device", FUSED)
+@pytest.mark.parametrize("mode", ["gn", "pgn"])
+def test_normalized_critic_matches_reference(backend, device, mode):
+    D = critic(device)
+    x = torch.randn(4, 3, 5, 6, dtype=torch.float64, device=device)
+    fastgp.normalized(D, mode=mode, backend=backend)(x).square().sum().backward()
+    ours = grads(D)
+    fastgp.normalized(D, mode=mode, backend="torch")(x).square().sum().backward()
+    for a, b in zip(ours, grads(D), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_auto_picks_the_reference_on_cpu(monkeypatch):
+    monkeypatch.delenv("FASTGP_BACKEND", raising=False)
+    assert fastgp.backends()["torch"].available
+    assert backends_module().select("auto", torch.device("cpu")) is R
+
+
+@pytest.mark.skipif(not FUSED, reason="no fused backend runs here")
+def test_env_var_routes_auto_to_a_fused_backend(monkeypatch):
+    name, device = FUSED[0]
+    monkeypatch.setenv("FASTGP_BACKEND", name)
+    assert backends_module().select("auto", torch.device(device)) is not R
