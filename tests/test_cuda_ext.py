@@ -18,7 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastgp import _build, _cuda, backends, reference
+from fastgp import _build, _cuda, reference
+
+# `fastgp.backends` is also the name of a public function, which shadows the module as an attribute.
+backends = importlib.import_module("fastgp.backends")
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
