@@ -85,13 +85,20 @@ def status() -> tuple[bool, str]:
     return True, f"JIT: will compile with ninja into {_cache_dir()} on first use (a minute or two, once)"
 
 
+# How the extension was loaded, once it is. A plain global rather than functools.cache, so that the
+# backend functions' `if _how is None` check is a guard torch.compile can trace (fullgraph=True too).
+_how: str | None = None
+
+
 def _loaded() -> bool:
-    return _load.cache_info().currsize > 0
+    return _how is not None
 
 
-@functools.cache
 def _load() -> str:
     """Loads the extension (AOT, else JIT), registers its fake and autograd formulas; returns how."""
+    global _how
+    if _how is not None:
+        return _how
     reason = _why_unavailable()
     if reason is not None:
         raise RuntimeError(f"fastgp's CUDA extension is unavailable: {reason}")
@@ -105,6 +112,7 @@ def _load() -> str:
     if how is None:
         how = _jit_build()
     _register()
+    _how = how
     return how
 
 
@@ -317,7 +325,8 @@ def interpolate(
         return real, None
     if points == "fake":
         return fake, None
-    _load()
+    if _how is None:
+        _load()
     assert real is not None
     x = _rows(real)
     if points == "interpolate":
@@ -353,7 +362,8 @@ def penalty_from_grad(
     if output_weight != 0.0 and scores is not None:
         f = scores.reshape(scores.shape[0], -1).to(_acc(grad))
         f = f.reshape(-1) if f.shape[1] == 1 else f.sum(dim=1)  # f_i, the sum of sample i's scores
-    _load()
+    if _how is None:
+        _load()
     penalty, norms, _, _ = torch.ops.fastgp_cuda.penalty_fwd(
         _rows(grad), f, norm, constraint, float(center), float(weight), reduction, float(output_weight)
     )
@@ -369,6 +379,7 @@ def normalize(scores: Tensor, grad: Tensor, mode: str = "gn", norm: str = "l2") 
     acc = reference.acc_dtype(scores.dtype, grad.dtype)
     g = grad.to(acc) if acc == torch.float64 else grad
     f = scores.reshape(-1).to(acc).contiguous()
-    _load()
+    if _how is None:
+        _load()
     out, _, _ = torch.ops.fastgp_cuda.normalize_fwd(f, _rows(g), mode, norm)
     return out.reshape(scores.shape).to(scores.dtype)

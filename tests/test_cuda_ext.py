@@ -218,6 +218,19 @@ def test_python_glue_on_meta_tensors(monkeypatch):
         # create_graph=True: the backward falls back to the reference formulas and stays differentiable.
         (gg,) = torch.autograd.grad(_cuda.penalty_from_grad(g)[0], g, create_graph=True)
         assert gg.requires_grad
+    # opcheck on meta tensors: schema, fake impls, autograd registration and AOT dispatch, without a GPU.
+    ops = torch.ops.fastgp_cuda
+    grad = torch.randn(3, 5, 7, device="meta", requires_grad=True)
+    scores = torch.randn(3, device="meta", requires_grad=True)
+    scale = torch.tensor(0.3, device="meta", requires_grad=True)
+    for op, args in [
+        (ops.penalty_fwd, (grad, scores, "linf", "ls", 1.0, 10.0, "mean", 0.1)),
+        (ops.penalty_fwd, (grad, None, "l2", "hinge", 1.0, 10.0, "max", 0.0)),
+        (ops.normalize_fwd, (scores, grad, "pgn", "l1")),
+        (ops.interpolate, (grad, torch.randn_like(grad, requires_grad=True), None, "interpolate", 5)),
+        (ops.interpolate, (grad, None, scale, "dragan", 5)),
+    ]:
+        torch.library.opcheck(op.default, args)
 
 
 # --------------------------------------------------------------------------------------------------------
