@@ -13,9 +13,8 @@
 
 namespace fastgp {
 
+// Threads per block, the finishing block included (it walks every sample in a fixed order).
 constexpr int kThreads = 256;
-// Threads of the finishing block, which walks every sample (fixed order: deterministic).
-constexpr int kFinishThreads = 512;
 
 template <typename T> struct AccOf { using type = float; };
 template <> struct AccOf<double> { using type = double; };
