@@ -1,0 +1,231 @@
+"""`fastgp margins`: 000's Table 1 at small scale, expected L1/L2/L∞ margins of gradient-penalised classifiers.
+
+Small ReLU classifiers separate the swiss roll (class +1) from the same roll scaled by 1.5 (class -1) with the
+cross-entropy loss, once without a penalty and once per norm (L2, L∞, L1) and constraint (least squares
+``(n-1)²``, hinge ``max(0, n-1)``), the penalty taken on interpolates between the two classes as in a GAN. The
+expected margin ``mean y f(x) / ‖∇f(x)‖_q`` is then measured on held-out points for p = 2, 1, ∞ with
+`fastgp.margin`. Only the public API is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import fastgp
+from fastgp.cli.demo import single_thread
+from fastgp.toy import Critic, swiss_roll_classes
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of Table 1: `norm`/`constraint` of the penalty, or neither."""
+
+    label: str
+    norm: str | None
+    constraint: str | None
+
+
+# Rows in 000's order: the L∞ penalty maximises the L1 margin and the L1 penalty the L∞ one (dual norms, §3.2).
+SETTINGS = (
+    Setting("no penalty", None, None),
+    Setting("LS  L2 GP (L2 margin)", "l2", "ls"),
+    Setting("LS  Linf GP (L1 margin)", "linf", "ls"),
+    Setting("LS  L1 GP (Linf margin)", "l1", "ls"),
+    Setting("hinge L2 GP (L2 margin)", "l2", "hinge"),
+    Setting("hinge Linf GP (L1 margin)", "linf", "hinge"),
+    Setting("hinge L1 GP (Linf margin)", "l1", "hinge"),
+)
+P_VALUES = (2.0, 1.0, math.inf)
+P_NAMES = ("p=2", "p=1", "p=inf")
+# 000 Table 1, columns p = 2, 1, ∞, rows as in SETTINGS.
+PAPER_TABLE_1 = (
+    (0.27, 0.25, 0.24),
+    (0.62, 0.75, 0.64),
+    (0.43, 0.58, 0.33),
+    (0.69, 0.85, 0.60),
+    (0.43, 0.53, 0.37),
+    (0.41, 0.56, 0.31),
+    (0.43, 0.44, 0.42),
+)
+PAPER_CLAIM = "000 §4.2: gradient penalties give expected margins 'generally 2 to 3 times bigger' than no penalty"
+TRAIN_PER_CLASS = 1000
+TEST_PER_CLASS = 1000
+
+
+def train_classifier(
+    setting: Setting, steps: int, seed: int, weight: float, batch_size: int, width: int, on_step: Any = None
+) -> tuple[Critic, float]:
+    """A classifier trained with the cross-entropy loss and `setting`'s penalty; returns it and its seconds."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    positive, negative = swiss_roll_classes(TRAIN_PER_CLASS, gen)
+    f = Critic(width, 3)
+    opt = torch.optim.Adam(f.parameters(), lr=3e-3)
+    start = time.perf_counter()
+    for step in range(steps):
+        pos = positive[torch.randint(TRAIN_PER_CLASS, (batch_size,), generator=gen)]
+        neg = negative[torch.randint(TRAIN_PER_CLASS, (batch_size,), generator=gen)]
+        # The "ns" critic loss is the cross-entropy of 000's Table 1 with class +1 as real and -1 as fake.
+        loss = fastgp.losses.d_loss("ns", f(pos), f(neg))
+        if setting.norm is not None:
+            loss = loss + fastgp.gradient_penalty(
+                f,
+                pos,
+                neg,
+                points="interpolate",
+                norm=setting.norm,
+                constraint=setting.constraint,
+                center=1.0,
+                weight=weight,
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if on_step is not None:
+            on_step(step)
+    return f, time.perf_counter() - start
+
+
+def measure(f: Critic, seed: int) -> dict[str, Any]:
+    """Expected margins for p = 2, 1, ∞, accuracy and zero-gradient counts on held-out points."""
+    positive, negative = swiss_roll_classes(TEST_PER_CLASS, torch.Generator().manual_seed(50_000 + seed))
+    x = torch.cat([positive, negative])
+    y = torch.cat([torch.ones(TEST_PER_CLASS), -torch.ones(TEST_PER_CLASS)])
+    out: dict[str, Any] = {}
+    for p, name in zip(P_VALUES, P_NAMES, strict=True):
+        result = fastgp.margin(f, x, y, p=p)
+        out[name] = result.mean
+        out[f"{name} zero_grad"] = result.zero_grad_count
+    with torch.no_grad():
+        out["accuracy"] = float(((f(x) > 0).float() * 2 - 1 == y).float().mean())
+    return out
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `fastgp margins` to the dispatcher."""
+    p = subparsers.add_parser(
+        "margins",
+        help="000 Table 1: expected L1/L2/Linf margins of gradient-penalised classifiers on the swiss roll",
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument("--steps", type=_positive, default=None, help="Adam steps per classifier (default 1000, quick 150)")
+    p.add_argument("--seeds", type=_positive, default=None, help="seeds averaged per row (default 2, quick 1)")
+    p.add_argument("--weight", type=_non_negative, default=10.0, help="penalty weight λ (default 10)")
+    p.add_argument("--batch-size", type=_positive, default=256, help="points per class per step (default 256)")
+    p.add_argument("--width", type=_positive, default=64, help="hidden units of the 3-layer MLP (default 64)")
+    p.add_argument("--out", type=Path, default=Path("fastgp-margins"), help="output folder")
+    p.add_argument("--quick", action="store_true", help="a short run (< 20 s on 2 CPU cores)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `fastgp margins`."""
+    from tqdm.auto import tqdm
+
+    steps = args.steps or (150 if args.quick else 1000)
+    n_seeds = args.seeds or (1 if args.quick else 2)
+    args.out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(SETTINGS) * n_seeds * steps, disable=args.no_progress, unit="step", mininterval=0.5)
+    with single_thread():
+        rows = _train_all(args, steps, n_seeds, bar)
+    bar.close()
+
+    base = rows[0]
+    for row, paper in zip(rows, PAPER_TABLE_1, strict=True):
+        for name, value, paper_base in zip(P_NAMES, paper, PAPER_TABLE_1[0], strict=True):
+            row[f"ratio {name}"] = row[name] / base[name]
+            row[f"paper ratio {name}"] = value / paper_base
+    table = _table(rows, n_seeds)
+    ratios = [row[f"ratio {name}"] for row in rows[1:] for name in P_NAMES]
+    paper_ratios = [row[f"paper ratio {name}"] for row in rows[1:] for name in P_NAMES]
+    summary = (
+        f"{PAPER_CLAIM} (Table 1 ratios {min(paper_ratios):.1f}-{max(paper_ratios):.1f}x). Measured here: ratios "
+        f"{min(ratios):.2f}-{max(ratios):.2f}x, median {statistics.median(ratios):.2f}x; "
+        f"{sum(r >= 2 for r in ratios)} of {len(ratios)} cells at least 2x, {sum(r > 1 for r in ratios)} above 1x."
+    )
+    settings = {
+        "steps": steps,
+        "seeds": n_seeds,
+        "weight": args.weight,
+        "batch_size": args.batch_size,
+        "width": args.width,
+        "train_per_class": TRAIN_PER_CLASS,
+        "test_per_class": TEST_PER_CLASS,
+        "loss": "cross-entropy (fastgp.losses 'ns')",
+        "points": "interpolate (class +1 vs class -1)",
+    }
+    print(table)
+    print(summary)
+    (args.out / "margins.json").write_text(
+        json.dumps({"rows": rows, "summary": summary, "paper_claim": PAPER_CLAIM, "settings": settings}, indent=2)
+    )
+    with open(args.out / "margins.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (args.out / "margins.txt").write_text(table + "\n" + summary + "\n")
+    print(f"wrote {args.out / 'margins.json'}, {args.out / 'margins.csv'} and {args.out / 'margins.txt'}")
+    return 0
+
+
+def _train_all(args: argparse.Namespace, steps: int, n_seeds: int, bar: Any) -> list[dict[str, Any]]:
+    """One row per setting: margins, accuracy and seconds, mean and std over the seeds, beside 000's numbers."""
+    rows = []
+    for setting, paper in zip(SETTINGS, PAPER_TABLE_1, strict=True):
+        runs = []
+        for seed in range(n_seeds):
+            bar.set_description(f"{setting.label} seed {seed}")
+            f, seconds = train_classifier(
+                setting, steps, seed, args.weight, args.batch_size, args.width, on_step=lambda _: bar.update(1)
+            )
+            runs.append({**measure(f, seed), "seconds": seconds})
+        row: dict[str, Any] = {"setting": setting.label, "norm": setting.norm, "constraint": setting.constraint}
+        for key in (*P_NAMES, "accuracy", "seconds"):
+            values = [r[key] for r in runs]
+            row[key] = statistics.fmean(values)
+            row[f"{key} std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        row["zero_grad_count"] = sum(r[f"{name} zero_grad"] for r in runs for name in P_NAMES)
+        row.update({f"paper {name}": value for name, value in zip(P_NAMES, paper, strict=True)})
+        rows.append(row)
+        bar.set_postfix({name: f"{row[name]:.3f}" for name in P_NAMES})
+    return rows
+
+
+def _table(rows: list[dict[str, Any]], n_seeds: int) -> str:
+    spread = f" (mean of {n_seeds} seeds)" if n_seeds > 1 else ""
+    head = f"{'expected Lp margin' + spread:<34}" + "".join(f"{name:>30}" for name in P_NAMES) + f"{'acc':>8}"
+    lines = [head, f"{'':<34}" + "".join(f"{'ours (vs none) | 000 Table 1':>30}" for _ in P_NAMES)]
+    for row in rows:
+        cells = "".join(_cell(row, name).rjust(30) for name in P_NAMES)
+        lines.append(f"{row['setting']:<34}{cells}{100 * row['accuracy']:>6.1f}%")
+    return "\n".join(lines)
+
+
+def _cell(row: dict[str, Any], name: str) -> str:
+    ours = f"{row[name]:6.2f} ({row[f'ratio {name}']:.1f}x)"
+    return f"{ours} | {row[f'paper {name}']:.2f} ({row[f'paper ratio {name}']:.1f}x)"

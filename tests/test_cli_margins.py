@@ -1,0 +1,42 @@
+"""Smoke tests of `fastgp margins`: table, JSON and CSV written, margins finite, clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from fastgp.cli import main
+
+
+def test_quick_margins(tmp_path, capsys) -> None:
+    code = main(["margins", "--quick", "--steps", "60", "--no-progress", "--out", str(tmp_path)])
+    assert code == 0
+    payload = json.loads((tmp_path / "margins.json").read_text())
+    rows = payload["rows"]
+    assert len(rows) == 7 and rows[0]["setting"] == "no penalty"
+    for row in rows:
+        for p in ("p=2", "p=1", "p=inf"):
+            assert math.isfinite(row[p])
+            assert row[f"paper {p}"] > 0
+        assert 0.0 <= row["accuracy"] <= 1.0
+    # Hölder: ‖g‖∞ ≤ ‖g‖₂ ≤ ‖g‖₁, so for a correctly classified point the L1 margin (÷‖g‖∞) is the largest and
+    # the L∞ margin (÷‖g‖₁) the smallest; the no-penalty classifier is mostly right already.
+    assert rows[0]["p=1"] >= rows[0]["p=2"] >= rows[0]["p=inf"]
+    with open(tmp_path / "margins.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 7
+    printed = capsys.readouterr().out
+    assert "2 to 3 times" in printed and "Measured here" in printed
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--steps", "-3"], "must be a positive integer"), (["--weight", "nan"], "must be a finite number >= 0")],
+)
+def test_bad_arguments_are_argparse_errors(argv: list[str], message: str, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["margins", "--out", str(tmp_path), *argv])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
