@@ -16,12 +16,12 @@ import torch
 
 from fastgp import reference
 
-NAMES = ("torch", "triton")
+NAMES = ("torch", "triton", "cuda")
 ENV_VAR = "FASTGP_BACKEND"
 
-_MODULES = {"torch": "fastgp.reference", "triton": "fastgp.ops"}
+_MODULES = {"torch": "fastgp.reference", "triton": "fastgp.ops", "cuda": "fastgp._cuda"}
 # Tried in this order for `auto` on CUDA tensors.
-_AUTO_ON_CUDA = ("triton",)
+_AUTO_ON_CUDA = ("triton", "cuda")
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,10 @@ def _why_not(name: str, device: torch.device | None) -> str | None:
         if device.type == "cpu" and _triton_interpreted():
             return None
         return f"Triton kernels run on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1), not on {device.type}"
+    if name == "cuda":
+        from fastgp import _cuda  # imports torch only; the extension itself loads on first use
+
+        return _cuda.why_not(device)
     raise AssertionError(name)
 
 
@@ -62,7 +66,7 @@ def backends() -> dict[str, BackendStatus]:
     for name in NAMES:
         reason = _why_not(name, None)
         if reason is None:
-            detail = "runs on any device" if name == "torch" else _triton_detail()
+            detail = {"torch": lambda: "runs on any device", "triton": _triton_detail, "cuda": _cuda_detail}[name]()
             out[name] = BackendStatus(name, True, detail)
         else:
             out[name] = BackendStatus(name, False, reason)
@@ -74,6 +78,12 @@ def _triton_detail() -> str:
 
     where = "CUDA tensors" if torch.cuda.is_available() else "CPU tensors through the interpreter"
     return f"triton {triton.__version__}, on {where}"
+
+
+def _cuda_detail() -> str:
+    from fastgp import _cuda
+
+    return _cuda.status()[1]
 
 
 def requested(backend: str) -> str:

@@ -1,0 +1,19 @@
+// Instantiates the interpolation backward for every dtype and both kinds of points (kernels/interpolate.cuh).
+#include "kernels/dispatch.cuh"
+#include "kernels/interpolate.cuh"
+
+namespace fastgp {
+
+cudaError_t launch_interpolate_bwd(const InterpolateBwdParams& p, cudaStream_t stream) {
+  dispatch_dtype(p.dtype, [&](auto tag) {
+    using scalar_t = typename decltype(tag)::type;
+    if (p.points == Points::kInterpolate) {
+      interpolate_bwd_kernel<scalar_t, Points::kInterpolate><<<grid_size(p.batch * p.chunks), kThreads, 0, stream>>>(p);
+    } else {
+      interpolate_bwd_kernel<scalar_t, Points::kDragan><<<grid_size(p.batch * p.chunks), kThreads, 0, stream>>>(p);
+    }
+  });
+  return cudaGetLastError();
+}
+
+}  // namespace fastgp

@@ -1,0 +1,112 @@
+// Gradient penalty P = λ · R_i h(‖g_i‖) + ε · mean_i f_i² (SPEC.md §3), forward and backward.
+//
+// Forward is one launch: block (i, c) reduces chunk c of row i to a partial (sum of squares, sum of |g|,
+// or max |g| with its count), and the block that finishes last combines the partials in chunk order,
+// so the result does not depend on block scheduling, and writes the norms, the per-sample backward
+// coefficient ∂P/∂n_i, the factor of ∂n_i/∂g_i (1/k for k tied maxima under linf) and P. Backward is
+// one launch from those.
+#pragma once
+
+#include "common.cuh"
+
+namespace fastgp {
+
+template <typename acc_t> __device__ __forceinline__ acc_t constraint_value(Constraint k, acc_t n, acc_t c) {
+  const acc_t t = n - c;
+  if (k == Constraint::kLs) return t * t;
+  // `t > 0 ? t : 0` keeps a NaN norm NaN, like torch.relu.
+  const acc_t r = t > acc_t(0) ? t : (t != t ? t : acc_t(0));
+  return k == Constraint::kHinge ? r : r * r;
+}
+
+// h'(n): the hinge's derivative at n = c is 0 (SPEC.md §3, the `n > c` rule, as relu's in PyTorch).
+template <typename acc_t> __device__ __forceinline__ acc_t constraint_slope(Constraint k, acc_t n, acc_t c) {
+  const acc_t t = n - c;
+  if (k == Constraint::kLs) return acc_t(2) * t;
+  if (k == Constraint::kHinge) return t > acc_t(0) ? acc_t(1) : acc_t(0);
+  return t > acc_t(0) ? acc_t(2) * t : acc_t(0);
+}
+
+template <Norm N, typename acc_t> __device__ void penalty_finish(const PenaltyFwdParams& p) {
+  const acc_t* partials = static_cast<const acc_t*>(p.partials);
+  const acc_t* scores = static_cast<const acc_t*>(p.scores);
+  acc_t* norms = static_cast<acc_t*>(p.norms);
+  acc_t* coef = static_cast<acc_t*>(p.coef);
+  acc_t* factor = static_cast<acc_t*>(p.factor);
+  const acc_t center = static_cast<acc_t>(p.center);
+  const bool use_max = p.reduction == Reduction::kMax;
+  __shared__ acc_t s_h;
+  __shared__ int32_t s_k;
+
+  // Pass 1: norms, R_i h(n_i) (a max carries the count of samples that attain it) and Σ f_i².
+  Partial<acc_t> h_acc{use_max ? acc_t(-INFINITY) : acc_t(0), 0};
+  Partial<acc_t> f2{acc_t(0), 0};
+  for (int64_t i = threadIdx.x; i < p.batch; i += blockDim.x) {
+    const Partial<acc_t> r = row_norm<N, acc_t>(partials + i * p.chunks, p.partial_ties + i * p.chunks, p.chunks);
+    norms[i] = r.value;
+    factor[i] = norm_factor<N, acc_t>(r);
+    const Partial<acc_t> h{constraint_value(p.constraint, r.value, center), 1};
+    coef[i] = h.value;  // kept for pass 2, so that `h_i == max` compares the very same bits
+    h_acc = use_max ? combine<Norm::kLinf>(h_acc, h) : combine<Norm::kL2>(h_acc, h);
+    if (scores != nullptr) f2.value += scores[i] * scores[i];
+  }
+  h_acc = use_max ? block_reduce<Norm::kLinf, acc_t, kThreads>(h_acc) : block_reduce<Norm::kL2, acc_t, kThreads>(h_acc);
+  f2 = block_reduce<Norm::kL2, acc_t, kThreads>(f2);
+  if (threadIdx.x == 0) {
+    s_h = h_acc.value;
+    s_k = h_acc.count;
+    const acc_t batch = static_cast<acc_t>(p.batch);
+    acc_t penalty = static_cast<acc_t>(p.weight) * (use_max ? h_acc.value : h_acc.value / batch);
+    if (scores != nullptr) penalty += static_cast<acc_t>(p.output_weight) * (f2.value / batch);
+    *static_cast<acc_t*>(p.penalty) = penalty;
+  }
+  __syncthreads();
+
+  // Pass 2: dP/dn_i = (λ/B) h'(n_i), or (λ/k) h'(n_i) on the k samples that attain the max (ties share).
+  const acc_t weight = static_cast<acc_t>(p.weight);
+  for (int64_t i = threadIdx.x; i < p.batch; i += blockDim.x) {
+    acc_t scale = weight / static_cast<acc_t>(p.batch);
+    if (use_max) scale = coef[i] == s_h ? weight / static_cast<acc_t>(s_k) : acc_t(0);
+    coef[i] = scale * constraint_slope(p.constraint, norms[i], center);
+  }
+}
+
+template <typename scalar_t, Norm N> __global__ void __launch_bounds__(kThreads) penalty_fwd_kernel(PenaltyFwdParams p) {
+  using acc_t = acc_of_t<scalar_t>;
+  const int64_t block = blockIdx.x;
+  const int64_t row = block / p.chunks, begin = (block % p.chunks) * p.chunk;
+  const int64_t end = begin + p.chunk < p.dim ? begin + p.chunk : p.dim;
+  const scalar_t* g = static_cast<const scalar_t*>(p.grad) + row * p.dim;
+  const Partial<acc_t> part = chunk_partial<N, false, scalar_t, acc_t>(g, begin, end);
+  if (threadIdx.x == 0) {
+    static_cast<acc_t*>(p.partials)[block] = part.value;
+    if constexpr (N == Norm::kLinf) p.partial_ties[block] = part.count;
+  }
+  if (last_block_done(p.counter)) penalty_finish<N, acc_t>(p);
+}
+
+// ∂P/∂g_ij = (gP · coef_i + gN_i) · factor_i · direction(g_ij), which is 0 where n_i = 0 (factor_i = 0);
+// the first thread of each row's first block also writes ∂P/∂f_i = (2ε/B) · f_i · gP.
+template <typename scalar_t, Norm N> __global__ void __launch_bounds__(kThreads) penalty_bwd_kernel(PenaltyBwdParams p) {
+  using acc_t = acc_of_t<scalar_t>;
+  const acc_t gp = *static_cast<const acc_t*>(p.grad_penalty);
+  const int64_t block = blockIdx.x;
+  const int64_t row = block / p.chunks, begin = (block % p.chunks) * p.chunk;
+  const int64_t end = begin + p.chunk < p.dim ? begin + p.chunk : p.dim;
+  if (p.grad_scores != nullptr && begin == 0 && threadIdx.x == 0) {
+    const acc_t fi = static_cast<const acc_t*>(p.scores)[row];
+    static_cast<acc_t*>(p.grad_scores)[row] =
+        acc_t(2) * static_cast<acc_t>(p.output_weight) / static_cast<acc_t>(p.batch) * fi * gp;
+  }
+  const acc_t n = static_cast<const acc_t*>(p.norms)[row];
+  acc_t scale = gp * static_cast<const acc_t*>(p.coef)[row];
+  if (p.grad_norms != nullptr) scale += static_cast<const acc_t*>(p.grad_norms)[row];
+  scale *= static_cast<const acc_t*>(p.factor)[row];
+  const scalar_t* g = static_cast<const scalar_t*>(p.grad) + row * p.dim;
+  scalar_t* out = static_cast<scalar_t*>(p.grad_grad) + row * p.dim;
+  for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
+    out[j] = from_acc<scalar_t>(scale * norm_direction<N, acc_t>(to_acc<acc_t>(g[j]), n));
+  }
+}
+
+}  // namespace fastgp

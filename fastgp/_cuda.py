@@ -1,0 +1,385 @@
+"""The compiled CUDA backend: fastgp's fused ops written in CUDA C++ (csrc/), as ``torch.ops.fastgp_cuda``.
+
+A backend module in the sense of `fastgp.backends`: the functions of `fastgp.reference` with the same
+signatures and semantics (SPEC.md), plus `status()`. The extension is the AOT build `fastgp._C` when
+``pip install --no-build-isolation .`` found a CUDA torch and nvcc; otherwise the first call compiles it
+with ninja into a cache directory (JIT, `torch.utils.cpp_extension.load`). This module owns the Python
+side of the ops: fake (meta) implementations and autograd formulas, registered on the C++-defined ops.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import _build, reference
+from .reference import grad_norms
+
+__all__ = ["grad_norms", "interpolate", "normalize", "penalty_from_grad", "status", "why_not"]
+
+
+def _cache_dir() -> Path:
+    """Where the JIT build goes: $FASTGP_CACHE_DIR, else $TORCH_EXTENSIONS_DIR/fastgp, else ~/.cache/fastgp."""
+    base = os.environ.get("FASTGP_CACHE_DIR")
+    if not base:
+        torch_dir = os.environ.get("TORCH_EXTENSIONS_DIR")
+        base = os.path.join(torch_dir, "fastgp") if torch_dir else os.path.join("~", ".cache", "fastgp")
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}-cu{torch.version.cuda}"
+    return Path(base).expanduser() / tag.replace("+", "_")
+
+
+def _aot_built() -> bool:
+    try:
+        return importlib.util.find_spec(_build.AOT_NAME) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _why_unavailable() -> str | None:
+    """None if the extension can run in this process (built, or buildable now), else why not."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build; the CUDA extension needs a CUDA build of torch"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    if _aot_built() or _loaded():
+        return None
+    missing = []
+    if _build.source_dir() is None:
+        missing.append("its sources (csrc/)")
+    if _build.nvcc_path() is None:
+        missing.append("nvcc (set CUDA_HOME)")
+    if shutil.which("ninja") is None:
+        missing.append("ninja (pip install ninja)")
+    if missing:
+        return (
+            "the extension was not built (pip install --no-build-isolation .) and cannot be JIT-compiled: "
+            f"missing {', '.join(missing)}"
+        )
+    return None
+
+
+def why_not(device: torch.device | None) -> str | None:
+    """None if the CUDA backend runs on tensors of `device` (any device if None), else the reason."""
+    if device is not None and device.type != "cuda":
+        return f"the CUDA extension runs on CUDA tensors, not on {device.type} tensors"
+    return _why_unavailable()
+
+
+def status() -> tuple[bool, str]:
+    """``(available, how)``: how says AOT (built by pip), JIT (compiles on first use) or why unavailable."""
+    reason = _why_unavailable()
+    if reason is not None:
+        return False, f"unavailable: {reason}"
+    if _loaded():
+        return True, _load()
+    if _aot_built():
+        return True, f"AOT: built by pip install ({_build.AOT_NAME})"
+    return True, f"JIT: will compile with ninja into {_cache_dir()} on first use (a minute or two, once)"
+
+
+# How the extension was loaded, once it is. A plain global rather than functools.cache, so that the
+# backend functions' `if _how is None` check is a guard torch.compile can trace (fullgraph=True too).
+_how: str | None = None
+
+
+def _loaded() -> bool:
+    return _how is not None
+
+
+def _load() -> str:
+    """Loads the extension (AOT, else JIT), registers its fake and autograd formulas; returns how."""
+    global _how
+    if _how is not None:
+        return _how
+    reason = _why_unavailable()
+    if reason is not None:
+        raise RuntimeError(f"fastgp's CUDA extension is unavailable: {reason}")
+    how = None
+    if _aot_built():
+        try:
+            importlib.import_module(_build.AOT_NAME)
+            how = f"AOT: built by pip install ({_build.AOT_NAME})"
+        except ImportError as err:  # e.g. built against another torch: rebuild it just in time
+            print(f"fastgp: the prebuilt CUDA extension does not load ({err}); compiling it instead", file=sys.stderr)
+    if how is None:
+        how = _jit_build()
+    _register()
+    _how = how
+    return how
+
+
+def _jit_build() -> str:
+    _build.pin_cuda_home()
+    from torch.utils import cpp_extension
+
+    src = _build.source_dir()
+    if src is None:
+        raise RuntimeError("fastgp's CUDA sources (csrc/) are missing; reinstall fastgp")
+    build_dir = _cache_dir()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if not any(build_dir.glob(f"{_build.JIT_NAME}*.so")):
+        print(
+            f"fastgp: compiling the CUDA extension with ninja into {build_dir} (first use only, a minute or two)",
+            file=sys.stderr,
+            flush=True,
+        )
+    cpp_extension.load(
+        name=_build.JIT_NAME,
+        sources=[str(src / s) for s in _build.SOURCES],
+        extra_cflags=_build.cxx_flags(torch.__version__),
+        extra_cuda_cflags=_build.nvcc_flags(torch.__version__),
+        extra_include_paths=_build.extra_include_dirs(),
+        build_directory=str(build_dir),
+        is_python_module=False,
+        verbose=os.environ.get("FASTGP_VERBOSE_BUILD") == "1",
+    )
+    return f"JIT: compiled with ninja into {build_dir}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fake (meta) implementations and autograd formulas of the C++ ops. Shape logic only in the fakes.
+
+
+def _acc(t: Tensor) -> torch.dtype:
+    return reference.acc_dtype(t.dtype)
+
+
+def _rows(t: Tensor) -> Tensor:
+    """`t` itself if sample i fills storage [i*d, (i+1)*d) (contiguous, channels_last, ...), else a copy that does.
+
+    The kernels then read and write in storage order, so a channels_last batch is not transposed.
+    """
+    if t.dim() >= 1 and t.numel() > 0:
+        rows = t.shape[0]
+        dense = (
+            t.is_contiguous()
+            or t.is_contiguous(memory_format=torch.channels_last)
+            or (t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d))
+        )
+        if dense and (rows == 1 or t.stride(0) == t.numel() // rows):
+            return t
+    return t.contiguous()
+
+
+@functools.cache  # once per process: a second registration would be refused
+def _register() -> None:
+    ops = torch.ops.fastgp_cuda
+    lib = "fastgp_cuda::"
+
+    @torch.library.register_fake(lib + "interpolate")
+    def _(real, fake, scale, points, seed):
+        batch = real.shape[0]
+        return torch.empty_like(real), real.new_empty(batch, dtype=_acc(real)), real.new_empty(2, dtype=torch.int64)
+
+    @torch.library.register_fake(lib + "interpolate_bwd")
+    def _(grad_out, alpha, rng_state, points):
+        if points == "interpolate":
+            return torch.empty_like(grad_out), torch.empty_like(grad_out)
+        return grad_out.new_empty((), dtype=_acc(grad_out)), grad_out.new_empty(0, dtype=_acc(grad_out))
+
+    @torch.library.register_fake(lib + "penalty_fwd")
+    def _(grad, scores, norm, constraint, center, weight, reduction, output_weight):
+        batch, acc = grad.shape[0], _acc(grad)
+        return grad.new_empty((), dtype=acc), *(grad.new_empty(batch, dtype=acc) for _ in range(3))
+
+    @torch.library.register_fake(lib + "penalty_bwd")
+    def _(dp, dnorms, grad, scores, norms, coef, factor, norm, output_weight):
+        return torch.empty_like(grad), (torch.empty_like(scores) if scores is not None else norms.new_empty(0))
+
+    @torch.library.register_fake(lib + "normalize_fwd")
+    def _(scores, grad, mode, norm):
+        batch, acc = grad.shape[0], _acc(grad)
+        return torch.empty_like(scores), grad.new_empty(batch, dtype=acc), grad.new_empty(batch, dtype=acc)
+
+    @torch.library.register_fake(lib + "normalize_bwd")
+    def _(dout, scores, grad, norms, factor, mode, norm):
+        return torch.empty_like(scores), torch.empty_like(grad)
+
+    # interpolate: ∂x̂/∂real = α, ∂x̂/∂fake = 1 - α; dragan: ∂x̂/∂real = I, ∂x̂/∂scale = α·u (u replayed
+    # from the saved Philox state), and autograd takes ∂/∂scale on through torch's std().
+    def interpolate_setup(ctx, inputs, output):
+        ctx.points = inputs[3]
+        ctx.save_for_backward(output[1], output[2])
+        ctx.mark_non_differentiable(output[1], output[2])
+
+    def interpolate_backward(ctx, grad_x_hat, _grad_alpha, _grad_rng):
+        alpha, rng_state = ctx.saved_tensors
+        if ctx.points == "dragan":
+            grad_scale, _ = ops.interpolate_bwd(_rows(grad_x_hat), alpha, rng_state, "dragan")
+            return grad_x_hat, None, grad_scale, None, None
+        if torch.is_grad_enabled():  # create_graph=True: stay differentiable
+            a = alpha.view(-1, *([1] * (grad_x_hat.dim() - 1)))
+            return (a * grad_x_hat).to(grad_x_hat.dtype), ((1 - a) * grad_x_hat).to(grad_x_hat.dtype), None, None, None
+        grad_real, grad_fake = ops.interpolate_bwd(_rows(grad_x_hat), alpha, rng_state, "interpolate")
+        return grad_real, grad_fake, None, None, None
+
+    torch.library.register_autograd(lib + "interpolate", interpolate_backward, setup_context=interpolate_setup)
+
+    # ∂P/∂g_i = (λ/B)·h'(n_i)·∂n_i/∂g_i (or λ/k on the k maxima), ∂P/∂f_i = (2ε/B)·f_i: SPEC.md §3.
+    def penalty_setup(ctx, inputs, output):
+        grad, scores, norm, constraint, center, weight, reduction, output_weight = inputs
+        _, norms, coef, factor = output
+        ctx.args = (norm, constraint, center, weight, reduction, output_weight)
+        ctx.save_for_backward(grad, scores, norms, coef, factor)
+        ctx.mark_non_differentiable(coef, factor)
+
+    def penalty_backward(ctx, dp, dnorms, _dcoef, _dfactor):
+        grad, scores, norms, coef, factor = ctx.saved_tensors
+        norm, constraint, center, weight, reduction, output_weight = ctx.args
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference formulas instead
+
+            def fn(g, s):
+                kw = dict(norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction)
+                return reference.penalty_from_grad(g, scores=s, output_weight=output_weight, **kw)
+
+            return (*_reference_vjp(fn, (grad, scores), (dp, dnorms)), *([None] * 6))
+        if dp is None:
+            dp = norms.new_zeros(())
+        dnorms = None if dnorms is None else dnorms.contiguous()
+        dgrad, dscores = ops.penalty_bwd(
+            dp.to(norms.dtype), dnorms, grad, scores, norms, coef, factor, norm, output_weight
+        )
+        return dgrad, (dscores if scores is not None else None), *([None] * 6)
+
+    torch.library.register_autograd(lib + "penalty_fwd", penalty_backward, setup_context=penalty_setup)
+
+    # ∂f̂/∂f = s·n/q², ∂f̂/∂g = -(u/q²)·∂n/∂g: SPEC.md §4.
+    def normalize_setup(ctx, inputs, output):
+        scores, grad, mode, norm = inputs
+        ctx.args = (mode, norm)
+        ctx.save_for_backward(scores, grad, output[1], output[2])
+        ctx.mark_non_differentiable(output[1], output[2])
+
+    def normalize_backward(ctx, dout, _dnorms, _dfactor):
+        scores, grad, norms, factor = ctx.saved_tensors
+        mode, norm = ctx.args
+        if torch.is_grad_enabled():
+
+            def fn(s, g):
+                return reference.normalize(s, g, mode, norm)
+
+            return (*_reference_vjp(fn, (scores, grad), (dout,)), None, None)
+        dscores, dgrad = ops.normalize_bwd(dout.contiguous(), scores, grad, norms, factor, mode, norm)
+        return dscores, dgrad, None, None
+
+    torch.library.register_autograd(lib + "normalize_fwd", normalize_backward, setup_context=normalize_setup)
+
+
+def _reference_vjp(fn, inputs: tuple[Tensor | None, ...], grad_outputs: tuple[Tensor | None, ...]):
+    """Vector-Jacobian product of `fn` (a fastgp.reference formula) at `inputs`, itself differentiable.
+
+    Only used when a backward runs with create_graph=True (a gradient of the penalty's gradient): the
+    fused backward kernels compute first derivatives only.
+    """
+    result: list[Tensor | None] = [None] * len(inputs)
+    with torch.enable_grad():
+        wrt = [i for i, x in enumerate(inputs) if x is not None and x.requires_grad]
+        outs = fn(*inputs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        pairs = [(o, g) for o, g in zip(outs, grad_outputs, strict=True) if g is not None and o.requires_grad]
+        if wrt and pairs:
+            found = torch.autograd.grad(
+                [o for o, _ in pairs],
+                [inputs[i] for i in wrt],
+                [g for _, g in pairs],
+                create_graph=True,
+                allow_unused=True,
+            )
+            for i, g in zip(wrt, found, strict=True):
+                result[i] = g
+    return tuple(result)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The backend functions (fastgp.reference's signatures). Arguments arrive validated by fastgp.api.
+
+
+def _seed(seed: int | None) -> int | None:
+    """A Python seed as the int64 the op schema carries (two's complement of the 64-bit value)."""
+    if seed is None:
+        return None
+    seed &= (1 << 64) - 1
+    return seed - (1 << 64) if seed >= 1 << 63 else seed
+
+
+def interpolate(
+    real: Tensor | None, fake: Tensor | None, points: str = "interpolate", seed: int | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """The points where the penalty is evaluated (SPEC.md §2); returns `(x_hat, alpha)`.
+
+    interpolate: ``x̂_i = α_i x_i + (1-α_i) y_i`` (WGAN-GP, Gulrajani et al. 2017); dragan:
+    ``x̂_i = x_i + α_i · 0.5 · std(x) · u_i`` (Kodali et al. 2017); real/fake: the batch itself.
+    ``α_i``, ``u_ij ~ U[0,1)`` come from Philox keyed by `seed` (offset 0), or by the seed and offset of
+    PyTorch's CUDA generator when `seed` is None (torch.manual_seed reproduces a run; each CUDA-graph
+    replay draws fresh numbers). One kernel; α is float32 (float64 for float64).
+    """
+    if points == "real":
+        return real, None
+    if points == "fake":
+        return fake, None
+    if _how is None:
+        _load()
+    assert real is not None
+    x = _rows(real)
+    if points == "interpolate":
+        assert fake is not None
+        y = _rows(fake)
+        if y.stride() != x.stride():
+            x, y = real.contiguous(), fake.contiguous()
+        x_hat, alpha, _ = torch.ops.fastgp_cuda.interpolate(x, y, None, "interpolate", _seed(seed))
+    else:
+        # std over the whole real batch, unbiased (DRAGAN's reference code); autograd differentiates it.
+        scale = 0.5 * real.to(_acc(real)).std()
+        x_hat, alpha, _ = torch.ops.fastgp_cuda.interpolate(x, None, scale, "dragan", _seed(seed))
+    return x_hat, alpha
+
+
+def penalty_from_grad(
+    grad: Tensor,
+    *,
+    norm: str = "l2",
+    constraint: str = "ls",
+    center: float = 1.0,
+    weight: float = 10.0,
+    reduction: str = "mean",
+    scores: Tensor | None = None,
+    output_weight: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """``P = λ · R_i h(n_i) + ε · mean_i f_i²`` (SPEC.md §3) in one kernel; returns `(P, norms)`.
+
+    Per-chunk partial norms are combined in a fixed order by the last block (deterministic); L∞ keeps
+    the count of tied maxima so that ties share the gradient. The backward is one kernel too.
+    """
+    f = None
+    if output_weight != 0.0 and scores is not None:
+        f = scores.reshape(scores.shape[0], -1).to(_acc(grad))
+        f = (f.reshape(-1) if f.shape[1] == 1 else f.sum(dim=1)).contiguous()  # f_i, sum of sample i's scores
+    if _how is None:
+        _load()
+    penalty, norms, _, _ = torch.ops.fastgp_cuda.penalty_fwd(
+        _rows(grad), f, norm, constraint, float(center), float(weight), reduction, float(output_weight)
+    )
+    return penalty, norms
+
+
+def normalize(scores: Tensor, grad: Tensor, mode: str = "gn", norm: str = "l2") -> Tensor:
+    """GN ``f̂ = f / (‖g‖ + |f|)`` (Wu et al. 2021) and PGN ``f̂ = (1-f) / (‖1-g‖ + |1-f|)`` (004), fused.
+
+    ``f̂ = 0`` with zero gradients where the denominator is 0; NaN stays NaN (SPEC.md §4). Returns the
+    shape and dtype of `scores`.
+    """
+    acc = reference.acc_dtype(scores.dtype, grad.dtype)
+    g = grad.to(acc) if acc == torch.float64 else grad
+    f = scores.reshape(-1).to(acc).contiguous()
+    if _how is None:
+        _load()
+    out, _, _ = torch.ops.fastgp_cuda.normalize_fwd(f, _rows(g), mode, norm)
+    return out.reshape(scores.shape).to(scores.dtype)
