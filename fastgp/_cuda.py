@@ -240,7 +240,7 @@ def _register() -> None:
                 kw = dict(norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction)
                 return reference.penalty_from_grad(g, scores=s, output_weight=output_weight, **kw)
 
-            return (*_reference_vjp(fn, (grad, scores), (dp, dnorms)), *([None] * 6))
+            return (*reference.vjp(fn, (grad, scores), (dp, dnorms)), *([None] * 6))
         if dp is None:
             dp = norms.new_zeros(())
         dnorms = None if dnorms is None else dnorms.contiguous()
@@ -266,36 +266,13 @@ def _register() -> None:
             def fn(s, g):
                 return reference.normalize(s, g, mode, norm)
 
-            return (*_reference_vjp(fn, (scores, grad), (dout,)), None, None)
+            return (*reference.vjp(fn, (scores, grad), (dout,)), None, None)
         dscores, dgrad = ops.normalize_bwd(dout.contiguous(), scores, grad, norms, factor, mode, norm)
         return dscores, dgrad, None, None
 
     torch.library.register_autograd(lib + "normalize_fwd", normalize_backward, setup_context=normalize_setup)
 
 
-def _reference_vjp(fn, inputs: tuple[Tensor | None, ...], grad_outputs: tuple[Tensor | None, ...]):
-    """Vector-Jacobian product of `fn` (a fastgp.reference formula) at `inputs`, itself differentiable.
-
-    Only used when a backward runs with create_graph=True (a gradient of the penalty's gradient): the
-    fused backward kernels compute first derivatives only.
-    """
-    result: list[Tensor | None] = [None] * len(inputs)
-    with torch.enable_grad():
-        wrt = [i for i, x in enumerate(inputs) if x is not None and x.requires_grad]
-        outs = fn(*inputs)
-        outs = outs if isinstance(outs, tuple) else (outs,)
-        pairs = [(o, g) for o, g in zip(outs, grad_outputs, strict=True) if g is not None and o.requires_grad]
-        if wrt and pairs:
-            found = torch.autograd.grad(
-                [o for o, _ in pairs],
-                [inputs[i] for i in wrt],
-                [g for _, g in pairs],
-                create_graph=True,
-                allow_unused=True,
-            )
-            for i, g in zip(wrt, found, strict=True):
-                result[i] = g
-    return tuple(result)
 
 
 # ---------------------------------------------------------------------------------------------------------

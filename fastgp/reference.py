@@ -9,6 +9,8 @@ same four functions with the same signatures (`interpolate`, `grad_norms`,
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -130,3 +132,33 @@ def normalize(scores: Tensor, grad: Tensor, mode: str = "gn", norm: str = "l2") 
     empty = q == 0
     out = torch.where(empty, 0.0, u / torch.where(empty, 1.0, q))
     return out.reshape(scores.shape).to(scores.dtype)
+
+
+def vjp(
+    fn: Callable[..., Tensor | tuple[Tensor, ...]],
+    inputs: tuple[Tensor | None, ...],
+    grad_outputs: tuple[Tensor | None, ...],
+) -> tuple[Tensor | None, ...]:
+    """Vector-Jacobian product of `fn` (a formula of this module) at `inputs`, itself differentiable.
+
+    The fused backends' backward when it runs with create_graph=True (a gradient of the penalty's
+    gradient, a GN critic inside a penalty): their kernels compute first derivatives only, so the
+    second order comes from the reference's formulas. Missing incoming gradients count as zero.
+    """
+    result: list[Tensor | None] = [None] * len(inputs)
+    with torch.enable_grad():
+        wrt = [i for i, x in enumerate(inputs) if x is not None and x.requires_grad]
+        outs = fn(*inputs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        pairs = [(o, g) for o, g in zip(outs, grad_outputs, strict=True) if g is not None and o.requires_grad]
+        if wrt and pairs:
+            found = torch.autograd.grad(
+                [o for o, _ in pairs],
+                [inputs[i] for i in wrt],
+                [g for _, g in pairs],
+                create_graph=True,
+                allow_unused=True,
+            )
+            for i, g in zip(wrt, found, strict=True):
+                result[i] = g
+    return tuple(result)

@@ -143,3 +143,14 @@ def test_second_order_through_fused_ops(backend, device):
     ).backward()
     for a, b in zip(ours, grads(D), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-11)
+
+
+@pytest.mark.parametrize("backend,device", FUSED)
+def test_interpolation_backward_is_differentiable(backend, device):
+    real = torch.randn(3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    fake = torch.randn(3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    v = torch.randn(3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    x_hat, alpha = fastgp.interpolate(real, fake, backend=backend, return_alpha=True)
+    dreal, dfake = torch.autograd.grad(x_hat, (real, fake), v, create_graph=True)
+    (dv,) = torch.autograd.grad((dreal + 2 * dfake).sum(), v)
+    torch.testing.assert_close(dv, (alpha + 2 * (1 - alpha)).to(v.dtype)[:, None].expand(3, 4))

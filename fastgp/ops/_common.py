@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import struct
-from collections.abc import Callable
 
 import torch
 import triton
@@ -47,25 +46,6 @@ def on_device(t: Tensor) -> contextlib.AbstractContextManager:
 def tl_acc(dtype: torch.dtype) -> tl.dtype:
     """The Triton accumulation type for a torch accumulation dtype."""
     return _TL_ACC[dtype]
-
-
-def differentiable_backward(
-    forward: Callable[..., tuple[Tensor, ...]], inputs: tuple[Tensor | None, ...], grads: tuple[Tensor | None, ...]
-) -> list[Tensor | None]:
-    """The vector-Jacobian product of `forward` (a reference formula) at `inputs`, with a graph.
-
-    Used by the fused ops' backward under ``create_graph=True``: the kernels' backward has no
-    derivative of its own, the reference's has. Missing incoming gradients count as zero.
-    """
-    live = [t for t in inputs if t is not None and t.requires_grad]
-    with torch.enable_grad():
-        outs = [(o, g) for o, g in zip(forward(*inputs), grads, strict=False) if g is not None]
-        found = iter(
-            torch.autograd.grad([o for o, _ in outs], live, [g for _, g in outs], create_graph=True, allow_unused=True)
-            if live and outs
-            else [None] * len(live)
-        )
-    return [next(found) if t is not None and t.requires_grad else None for t in inputs]
 
 
 def chunking(d: int) -> tuple[int, int, int]:

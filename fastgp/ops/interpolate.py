@@ -196,6 +196,10 @@ def _backward(ctx, dx_hat, _dalpha):
         return (dx_hat if need_real else None), None, dstd, None
     if not (need_real or need_fake):
         return None, None, None, None
+    if torch.is_grad_enabled():  # create_graph=True: the same linear map in differentiable torch ops
+        a = alpha.view(-1, *([1] * (dx_hat.dim() - 1)))
+        dreal, dfake = (a * dx_hat).to(dx_hat.dtype), ((1 - a) * dx_hat).to(dx_hat.dtype)
+        return (dreal if need_real else None), (dfake if need_fake else None), None, None
     dreal, dfake, _ = interpolate_bwd(dx_hat, alpha, seed, dx_hat, False, need_real, need_fake)
     return (dreal if need_real else None), (dfake if need_fake else None), None, None
 

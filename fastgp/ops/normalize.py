@@ -234,7 +234,7 @@ def _backward(ctx, dout, _dnorms, _dfactor):
         return None, None, None, None
     if torch.is_grad_enabled():
         # create_graph=True: differentiate the reference's formula (see penalty.py's backward).
-        dscores, dgrad = C.differentiable_backward(
+        dscores, dgrad = R.vjp(
             lambda f, g: (R.normalize(f, g, ctx.mode, ctx.norm),), (scores, grad), (dout,)
         )
         return dscores, dgrad, None, None

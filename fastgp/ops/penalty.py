@@ -277,7 +277,7 @@ def _backward(ctx, dp, dnorms, _dcoef, _dfactor):
     if torch.is_grad_enabled():
         # create_graph=True (a Hessian-vector product, a GN critic inside a penalty): the fused
         # backward has no derivative of its own, so differentiate the reference's formula instead.
-        dgrad, dscores = C.differentiable_backward(
+        dgrad, dscores = R.vjp(
             lambda g, f: R.penalty_from_grad(g, scores=f, **ctx.settings), (grad, scores), (dp, dnorms)
         )
         return dgrad, dscores, None, None, None, None, None, None
