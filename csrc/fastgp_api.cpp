@@ -115,7 +115,11 @@ Split split_rows(int64_t batch, int64_t dim) {
   const int64_t want = std::clamp<int64_t>((8 * sms + batch - 1) / batch, 1, max_chunks);
   int64_t chunk = (dim + want - 1) / want;
   chunk = std::max<int64_t>(4, (chunk + 3) / 4 * 4);
-  return {chunk, std::max<int64_t>(1, (dim + chunk - 1) / chunk)};
+  const int64_t chunks = std::max<int64_t>(1, (dim + chunk - 1) / chunk);
+  // One block per (row, chunk) on the grid's x-dimension: past 2^31 - 1 the launch size would wrap.
+  TORCH_CHECK(batch * chunks <= 2147483647LL, "fastgp: a batch of ", batch, " rows needs ", batch * chunks,
+              " blocks, more than CUDA's grid allows");
+  return {chunk, chunks};
 }
 
 // Integer workspace of a one-launch reduction: per-chunk tie counts, then the finished-blocks counter,
@@ -324,8 +328,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> interpolate(const at::Tensor& rea
     TORCH_CHECK(fake.has_value(), "points='interpolate' needs fake");
     CHECK_SAME_DEVICE(*fake, real);
     CHECK_DTYPE(*fake, real.scalar_type());
-    TORCH_CHECK(fake->sizes() == real.sizes() && fake->strides() == real.strides(),
-                "fake must have the shape and the memory layout of real");
+    TORCH_CHECK(fake->sizes() == real.sizes(), "fake must have the shape of real");
+    // Strides of size-1 dimensions are arbitrary: only the others say where an element lives.
+    for (int64_t k = 0; k < real.dim(); ++k) {
+      TORCH_CHECK(real.size(k) == 1 || fake->stride(k) == real.stride(k), "fake must have the memory layout of real");
+    }
   } else {
     TORCH_CHECK(scale.has_value(), "points='dragan' needs scale");
     CHECK_SAME_DEVICE(*scale, real);

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import _build, reference
+from . import _build, _layout, reference
 from .reference import grad_norms
 
 __all__ = ["grad_norms", "interpolate", "normalize", "penalty_from_grad", "status", "why_not"]
@@ -152,23 +152,6 @@ def _acc(t: Tensor) -> torch.dtype:
     return reference.acc_dtype(t.dtype)
 
 
-def _rows(t: Tensor) -> Tensor:
-    """`t` itself if sample i fills storage [i*d, (i+1)*d) (contiguous, channels_last, ...), else a copy that does.
-
-    The kernels then read and write in storage order, so a channels_last batch is not transposed.
-    """
-    if t.dim() >= 1 and t.numel() > 0:
-        rows = t.shape[0]
-        dense = (
-            t.is_contiguous()
-            or t.is_contiguous(memory_format=torch.channels_last)
-            or (t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d))
-        )
-        if dense and (rows == 1 or t.stride(0) == t.numel() // rows):
-            return t
-    return t.contiguous()
-
-
 @functools.cache  # once per process: a second registration would be refused
 def _register() -> None:
     ops = torch.ops.fastgp_cuda
@@ -207,18 +190,20 @@ def _register() -> None:
     # from the saved Philox state), and autograd takes ∂/∂scale on through torch's std().
     def interpolate_setup(ctx, inputs, output):
         ctx.points = inputs[3]
+        # u is replayed by storage position in real's layout; the incoming gradient must be read in it.
+        ctx.layout = torch.empty_like(inputs[0], device="meta")
         ctx.save_for_backward(output[1], output[2])
         ctx.mark_non_differentiable(output[1], output[2])
 
     def interpolate_backward(ctx, grad_x_hat, _grad_alpha, _grad_rng):
         alpha, rng_state = ctx.saved_tensors
         if ctx.points == "dragan":
-            grad_scale, _ = ops.interpolate_bwd(_rows(grad_x_hat), alpha, rng_state, "dragan")
+            grad_scale, _ = ops.interpolate_bwd(_layout.like(grad_x_hat, ctx.layout), alpha, rng_state, "dragan")
             return grad_x_hat, None, grad_scale, None, None
         if torch.is_grad_enabled():  # create_graph=True: stay differentiable
             a = alpha.view(-1, *([1] * (grad_x_hat.dim() - 1)))
             return (a * grad_x_hat).to(grad_x_hat.dtype), ((1 - a) * grad_x_hat).to(grad_x_hat.dtype), None, None, None
-        grad_real, grad_fake = ops.interpolate_bwd(_rows(grad_x_hat), alpha, rng_state, "interpolate")
+        grad_real, grad_fake = ops.interpolate_bwd(_layout.as_rows(grad_x_hat), alpha, rng_state, "interpolate")
         return grad_real, grad_fake, None, None, None
 
     torch.library.register_autograd(lib + "interpolate", interpolate_backward, setup_context=interpolate_setup)
@@ -305,12 +290,10 @@ def interpolate(
     if _how is None:
         _load()
     assert real is not None
-    x = _rows(real)
+    x = _layout.as_rows(real)
     if points == "interpolate":
         assert fake is not None
-        y = _rows(fake)
-        if y.stride() != x.stride():
-            x, y = real.contiguous(), fake.contiguous()
+        y = _layout.like(fake, x)
         x_hat, alpha, _ = torch.ops.fastgp_cuda.interpolate(x, y, None, "interpolate", _seed(seed))
     else:
         # std over the whole real batch, unbiased (DRAGAN's reference code); autograd differentiates it.
@@ -342,7 +325,7 @@ def penalty_from_grad(
     if _how is None:
         _load()
     penalty, norms, _, _ = torch.ops.fastgp_cuda.penalty_fwd(
-        _rows(grad), f, norm, constraint, float(center), float(weight), reduction, float(output_weight)
+        _layout.as_rows(grad), f, norm, constraint, float(center), float(weight), reduction, float(output_weight)
     )
     return penalty, norms
 
@@ -358,5 +341,5 @@ def normalize(scores: Tensor, grad: Tensor, mode: str = "gn", norm: str = "l2") 
     f = scores.reshape(-1).to(acc).contiguous()
     if _how is None:
         _load()
-    out, _, _ = torch.ops.fastgp_cuda.normalize_fwd(f, _rows(g), mode, norm)
+    out, _, _ = torch.ops.fastgp_cuda.normalize_fwd(f, _layout.as_rows(g), mode, norm)
     return out.reshape(scores.shape).to(scores.dtype)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastgp import _build, _cuda, reference
+from fastgp import _build, _cuda, _layout, reference
 
 # `fastgp.backends` is also the name of a public function, which shadows the module as an attribute.
 backends = importlib.import_module("fastgp.backends")
@@ -165,13 +165,17 @@ def test_setup_without_cuda_builds_no_extension(monkeypatch):
     assert "ext_modules" not in kwargs and "build_py" in kwargs["cmdclass"]
 
 
-def test_rows_keeps_batch_outermost_layouts():
+def test_layouts_are_read_in_place_and_size_one_strides_ignored():
     x = torch.randn(4, 3, 5, 6)
-    assert _cuda._rows(x) is x
+    assert _layout.as_rows(x) is x
     cl = x.to(memory_format=torch.channels_last)
-    assert _cuda._rows(cl) is cl
-    t = x.transpose(0, 1)
-    assert _cuda._rows(t).is_contiguous()
+    assert _layout.as_rows(cl) is cl
+    assert _layout.as_rows(x.transpose(0, 1)).is_contiguous()
+    # (B, 1, H, W) from a DataLoader and from a channels_last generator: the same layout.
+    real = torch.randn(2, 1, 4, 4)
+    fake = torch.randn(2, 1, 4, 4).to(memory_format=torch.channels_last)
+    assert real.stride() != fake.stride() and _layout.like(fake, real) is fake
+    assert _layout.like(cl, x).is_contiguous() and torch.equal(_layout.like(cl, x), cl)
 
 
 def test_seed_as_int64():

@@ -15,7 +15,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from fastgp import ops
+from fastgp import _layout, ops
 from fastgp import reference as R
 from fastgp.ops import _common
 
@@ -145,9 +145,9 @@ def test_penalty_layouts(small_chunks, layout):
     }[layout]
     for norm in NORMS:
         ours = check_penalty(grad, norm=norm, reduction="mean")
-        if _common.is_rows(grad):
+        if _layout.is_rows(grad):
             assert ours[2].stride() == grad.stride(), "the gradient keeps the input's dense layout"
-    assert _common.is_rows(grad) == (layout in ("contiguous", "channels_last", "batch_of_one"))
+    assert _layout.is_rows(grad) == (layout in ("contiguous", "channels_last", "batch_of_one"))
 
 
 @pytest.mark.parametrize("shape", [(5,), (5, 1), (5, 2, 3)])

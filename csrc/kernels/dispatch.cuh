@@ -28,6 +28,7 @@ template <typename F> void dispatch_norm(Norm norm, F&& f) {
   }
 }
 
+// split_rows (fastgp_api.cpp) checks that `blocks` fits CUDA's grid x-dimension, so the cast cannot wrap.
 inline unsigned int grid_size(int64_t blocks) { return static_cast<unsigned int>(blocks); }
 
 }  // namespace fastgp

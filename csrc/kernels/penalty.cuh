@@ -20,11 +20,13 @@ template <typename acc_t> __device__ __forceinline__ acc_t constraint_value(Cons
 }
 
 // h'(n): the hinge's derivative at n = c is 0 (SPEC.md §3, the `n > c` rule, as relu's in PyTorch).
+// Written with `t <= 0` like relu's backward, so that a NaN norm keeps a NaN (or unit) slope
+// rather than a silent 0.
 template <typename acc_t> __device__ __forceinline__ acc_t constraint_slope(Constraint k, acc_t n, acc_t c) {
   const acc_t t = n - c;
   if (k == Constraint::kLs) return acc_t(2) * t;
-  if (k == Constraint::kHinge) return t > acc_t(0) ? acc_t(1) : acc_t(0);
-  return t > acc_t(0) ? acc_t(2) * t : acc_t(0);
+  if (k == Constraint::kHinge) return t <= acc_t(0) ? acc_t(0) : acc_t(1);
+  return t <= acc_t(0) ? acc_t(0) : acc_t(2) * t;
 }
 
 template <Norm N, typename acc_t> __device__ void penalty_finish(const PenaltyFwdParams& p) {
@@ -66,7 +68,8 @@ template <Norm N, typename acc_t> __device__ void penalty_finish(const PenaltyFw
   const acc_t weight = static_cast<acc_t>(p.weight);
   for (int64_t i = threadIdx.x; i < p.batch; i += blockDim.x) {
     acc_t scale = weight / static_cast<acc_t>(p.batch);
-    if (use_max) scale = coef[i] == s_h ? weight / static_cast<acc_t>(s_k) : acc_t(0);
+    // A NaN maximum gives every sample a NaN coefficient, as amax's backward does (0/0 on no ties).
+    if (use_max) scale = s_h != s_h ? s_h : (coef[i] == s_h ? weight / static_cast<acc_t>(s_k) : acc_t(0));
     coef[i] = scale * constraint_slope(p.constraint, norms[i], center);
   }
 }

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastgp import _layout as L
 from fastgp.ops import _common as C
 
 _U_OFFSET: tl.constexpr = tl.constexpr(2**32)
@@ -99,9 +100,9 @@ def _interpolate_fwd(
     real: Tensor, fake: Optional[Tensor], std: Optional[Tensor], seed: Tensor  # noqa: UP045
 ) -> tuple[Tensor, Tensor]:
     x_hat = torch.empty_like(real)
-    target = C.rows_target(x_hat)
-    x = C.like(real, target)
-    y = C.like(fake, target) if fake is not None else x
+    target = L.rows_target(x_hat)
+    x = L.like(real, target)
+    y = L.like(fake, target) if fake is not None else x
     B, d = x.shape[0], x[0].numel()
     acc = C.acc_dtype(real.dtype)
     alpha = torch.empty(B, dtype=acc, device=real.device)
@@ -109,7 +110,7 @@ def _interpolate_fwd(
     with C.on_device(x):
         _interpolate_fwd_kernel[(B * n_chunks,)](
             x, y, target, alpha, seed, std if std is not None else alpha,
-            C.row_stride(x),
+            L.row_stride(x),
             d, n_chunks,
             DRAGAN=std is not None, BLOCK_SIZE=block, TILES=tiles, ACC=C.tl_acc(acc), num_warps=C.NUM_WARPS,
         )
@@ -121,8 +122,8 @@ def _interpolate_fwd(
 def _interpolate_bwd(
     dx_hat: Tensor, alpha: Tensor, seed: Tensor, layout: Tensor, dragan: bool, need_real: bool, need_fake: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    ref = C.rows_layout(layout)
-    g = C.like(dx_hat, ref)
+    ref = L.rows_layout(layout)
+    g = L.like(dx_hat, ref)
     B, d = g.shape[0], g[0].numel()
     block, tiles, n_chunks = C.chunking(d)
     dreal = torch.empty_like(g) if need_real else alpha.new_empty(0)
@@ -131,7 +132,7 @@ def _interpolate_bwd(
     with C.on_device(g):
         _interpolate_bwd_kernel[(B * n_chunks,)](
             g, alpha, seed, dreal if need_real else g, dfake if need_fake else g, parts,
-            C.row_stride(g),
+            L.row_stride(g),
             d, n_chunks,
             DRAGAN=dragan, HAS_DREAL=need_real, HAS_DFAKE=need_fake,
             BLOCK_SIZE=block, TILES=tiles, ACC=C.tl_acc(alpha.dtype), num_warps=C.NUM_WARPS,
@@ -166,7 +167,7 @@ def interpolate_bwd(
 
 @interpolate_bwd.register_fake
 def _(dx_hat, alpha, seed, layout, dragan, need_real, need_fake):
-    ref = C.rows_layout(layout)
+    ref = L.rows_layout(layout)
 
     def out(wanted: bool) -> Tensor:
         if not wanted:

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastgp import _layout as L
 from fastgp import reference as R
 from fastgp.ops import _common as C
 from fastgp.ops._common import chunk_partial, norm_direction, row_norms
@@ -120,7 +121,7 @@ def _normalize_bwd_kernel(
 
 
 def _normalize_fwd(scores: Tensor, grad: Tensor, mode: str, norm: str) -> tuple[Tensor, Tensor, Tensor]:
-    g = C.as_rows(grad)
+    g = L.as_rows(grad)
     B, d = g.shape[0], g[0].numel()
     acc = C.acc_dtype(scores.dtype, grad.dtype)
     f = scores.reshape(-1).contiguous()
@@ -140,7 +141,7 @@ def _normalize_fwd(scores: Tensor, grad: Tensor, mode: str, norm: str) -> tuple[
             counter,
             norms,
             factor,
-            C.row_stride(g),
+            L.row_stride(g),
             B,
             d,
             n_chunks,
@@ -159,8 +160,8 @@ def _normalize_bwd(
     dout: Tensor, scores: Tensor, grad: Tensor, norms: Tensor, factor: Tensor, mode: str, norm: str
 ) -> tuple[Tensor, Tensor]:
     dgrad = torch.empty_like(grad)
-    target = C.rows_target(dgrad)
-    g = C.like(grad, target)
+    target = L.rows_target(dgrad)
+    g = L.like(grad, target)
     B, d = g.shape[0], g[0].numel()
     f = scores.reshape(-1).contiguous()
     dscores = torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)
@@ -174,7 +175,7 @@ def _normalize_bwd(
             dout.reshape(-1).contiguous(),
             norms,
             factor,
-            C.row_stride(g),
+            L.row_stride(g),
             d,
             n_chunks,
             NORM=C.NORM_IDS[norm],

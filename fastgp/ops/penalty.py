@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from fastgp import _layout as L
 from fastgp import reference as R
 from fastgp.ops import _common as C
 from fastgp.ops._common import chunk_partial, nan_max, norm_direction, row_norms
@@ -177,7 +178,7 @@ def _penalty_fwd(
     grad: Tensor, scores: Optional[Tensor], norm: str, constraint: str, center: float, weight: float,  # noqa: UP045
     reduction: str, output_weight: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    g = C.as_rows(grad)
+    g = L.as_rows(grad)
     B, d = g.shape[0], g[0].numel()
     acc = C.acc_dtype(grad.dtype)
     block, tiles, n_chunks = C.chunking(d)
@@ -191,7 +192,7 @@ def _penalty_fwd(
     with C.on_device(g):
         _penalty_fwd_kernel[(B * n_chunks,)](
             g, part, count, counter, f, penalty, norms, coef, factor,
-            C.row_stride(g),
+            L.row_stride(g),
             B, d, n_chunks, *C.split_float(center), *C.split_float(weight), *C.split_float(output_weight),
             NORM=C.NORM_IDS[norm], CONSTRAINT=CONSTRAINT_IDS[constraint], MAX=reduction == "max",
             HAS_SCORES=has_scores, BLOCK_SIZE=block, TILES=tiles,
@@ -206,8 +207,8 @@ def _penalty_bwd(
     norms: Tensor, coef: Tensor, factor: Tensor, norm: str, output_weight: float,
 ) -> tuple[Tensor, Tensor]:
     dgrad = torch.empty_like(grad)
-    target = C.rows_target(dgrad)
-    g = C.like(grad, target)
+    target = L.rows_target(dgrad)
+    g = L.like(grad, target)
     B, d = g.shape[0], g[0].numel()
     block, tiles, n_chunks = C.chunking(d)
     has_scores = scores is not None
@@ -217,7 +218,7 @@ def _penalty_bwd(
     with C.on_device(g):
         _penalty_bwd_kernel[(B * n_chunks,)](
             g, target, norms, coef, factor, dp, dnorms if dnorms is not None else norms, f, dscores,
-            C.row_stride(g),
+            L.row_stride(g),
             B, d, n_chunks, *C.split_float(output_weight),
             NORM=C.NORM_IDS[norm], HAS_DNORMS=dnorms is not None, HAS_SCORES=has_scores,
             BLOCK_SIZE=block, TILES=tiles, ACC=C.tl_acc(norms.dtype), num_warps=C.NUM_WARPS,
