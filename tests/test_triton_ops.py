@@ -429,3 +429,12 @@ def test_cuda_graph_replays_draw_fresh_alpha():
     graph.replay()
     assert not torch.equal(alpha, first)
     torch.testing.assert_close(x_hat, alpha[:, None] * real + (1 - alpha[:, None]) * fake)
+
+
+def test_arrival_counter_is_reset_by_each_launch(small_chunks):
+    """The one-launch reductions reuse one counter per (device, stream), left at zero after each call."""
+    grad = randn(3, 70)
+    for _ in range(3):
+        check_penalty(grad, norm="l2")
+        ops.normalize(randn(3), grad)
+        assert _common.arrival_counter(grad.device).item() == 0

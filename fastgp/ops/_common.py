@@ -32,6 +32,20 @@ NORM_IDS = {"l2": 0, "l1": 1, "linf": 2}
 _TL_ACC = {torch.float64: tl.float64, torch.float32: tl.float32}
 
 
+_COUNTERS: dict[tuple[torch.device, int], Tensor] = {}
+
+
+def arrival_counter(device: torch.device) -> Tensor:
+    """The int32 counter of a one-launch reduction: zero on entry, and reset to zero by the last
+    program to arrive, so no zero-fill kernel runs per call. One per (device, stream): launches on
+    different streams (or in a CUDA graph being captured) never share one."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream)
+    if key not in _COUNTERS:
+        _COUNTERS[key] = torch.zeros(1, dtype=torch.int32, device=device)
+    return _COUNTERS[key]
+
+
 def on_device(t: Tensor) -> contextlib.AbstractContextManager:
     """Triton launches on the current CUDA device, not the tensor's: make them the same."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

@@ -55,6 +55,7 @@ def _normalize_fwd_kernel(
     tl.debug_barrier()
     arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
     if arrived == B * n_chunks - 1:
+        tl.atomic_xchg(counter_ptr, 0)  # every program has arrived: ready for the next launch
         r0 = 0
         while r0 < B:  # `while`: see the note on runtime loop bounds in _common.py
             rows = r0 + tl.arange(0, ROWS)
@@ -129,7 +130,7 @@ def _normalize_fwd(scores: Tensor, grad: Tensor, mode: str, norm: str) -> tuple[
     block, tiles, n_chunks = C.chunking(d)
     part = torch.empty(B * n_chunks, dtype=acc, device=g.device)
     count = torch.empty(B * n_chunks if norm == "linf" else 1, dtype=torch.int32, device=g.device)
-    counter = torch.zeros(1, dtype=torch.int32, device=g.device)
+    counter = C.arrival_counter(g.device)
     norms, factor = (torch.empty(B, dtype=acc, device=g.device) for _ in range(2))
     with C.on_device(g):
         _normalize_fwd_kernel[(B * n_chunks,)](

@@ -128,6 +128,7 @@ def _penalty_fwd_kernel(
     tl.debug_barrier()
     arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
     if arrived == B * n_chunks - 1:
+        tl.atomic_xchg(counter_ptr, 0)  # every program has arrived: ready for the next launch
         center = tl.cast(center_hi, ACC) + tl.cast(center_lo, ACC)
         weight = tl.cast(weight_hi, ACC) + tl.cast(weight_lo, ACC)
         eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
@@ -184,7 +185,7 @@ def _penalty_fwd(
     block, tiles, n_chunks = C.chunking(d)
     part = torch.empty(B * n_chunks, dtype=acc, device=g.device)
     count = torch.empty(B * n_chunks if norm == "linf" else 1, dtype=torch.int32, device=g.device)
-    counter = torch.zeros(1, dtype=torch.int32, device=g.device)
+    counter = C.arrival_counter(g.device)
     penalty = torch.empty((), dtype=acc, device=g.device)
     norms, coef, factor = (torch.empty(B, dtype=acc, device=g.device) for _ in range(3))
     has_scores = scores is not None
