@@ -92,6 +92,7 @@ def test_case_selection() -> None:
 
 
 def test_benchmarks_collect() -> None:
+    pytest.importorskip("pytest_benchmark")  # the benchmarks' conftest hooks into it
     proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "--collect-only", "-q", "-p",
                            "no:cacheprovider"], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "FASTGP_BENCH_DEVICE": "cpu"})
