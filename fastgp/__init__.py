@@ -11,7 +11,7 @@ from fastgp.api import (
     normalized,
     penalty_from_grad,
 )
-from fastgp.backends import backends
+from fastgp.backends import backend_for, backends
 from fastgp.margin import MarginResult, margin
 from fastgp.presets import Preset, presets
 from fastgp.training import LazyRegularizer
@@ -23,6 +23,7 @@ __all__ = [
     "MarginResult",
     "PenaltyDetails",
     "Preset",
+    "backend_for",
     "backends",
     "grad_norms",
     "gradient_penalty",

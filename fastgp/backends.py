@@ -96,9 +96,16 @@ def requested(backend: str) -> str:
     return env or "auto"
 
 
-def select(backend: str, device: torch.device) -> ModuleType:
-    """The backend module for tensors on `device`; raises ValueError if `backend` cannot run there."""
+def backend_for(device: torch.device | str, backend: str = "auto") -> str:
+    """The name of the backend that `backend` (default ``"auto"``) runs on tensors of `device`.
+
+    ``auto`` is `FASTGP_BACKEND` when set, else the first of triton, cuda that runs on CUDA tensors,
+    else torch. Raises ValueError if the backend cannot run there, saying why.
+    """
+    device = torch.device(device)
     name = requested(backend)
+    if name not in (*NAMES, "auto"):
+        raise ValueError(f"backend must be one of {', '.join(map(repr, (*NAMES, 'auto')))}, got {name!r}")
     if name == "auto":
         name = "torch"
         if device.type == "cuda":
@@ -106,6 +113,12 @@ def select(backend: str, device: torch.device) -> ModuleType:
     reason = _why_not(name, device)
     if reason is not None:
         raise ValueError(f"backend={name!r} cannot run here: {reason}")
+    return name
+
+
+def select(backend: str, device: torch.device) -> ModuleType:
+    """The backend module for tensors on `device`; raises ValueError if `backend` cannot run there."""
+    name = backend_for(device, backend)
     return _loaded.get(name) or _load(name)
 
 

@@ -154,3 +154,17 @@ def test_interpolation_backward_is_differentiable(backend, device):
     dreal, dfake = torch.autograd.grad(x_hat, (real, fake), v, create_graph=True)
     (dv,) = torch.autograd.grad((dreal + 2 * dfake).sum(), v)
     torch.testing.assert_close(dv, (alpha + 2 * (1 - alpha)).to(v.dtype)[:, None].expand(3, 4))
+
+
+def test_backend_for_names_what_auto_picks(monkeypatch):
+    monkeypatch.delenv("FASTGP_BACKEND", raising=False)
+    assert fastgp.backend_for("cpu") == "torch"
+    assert fastgp.backend_for(torch.device("cpu"), "torch") == "torch"
+    monkeypatch.setenv("FASTGP_BACKEND", "torch")
+    assert fastgp.backend_for("cpu") == "torch"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fastgp.backend_for("cpu", "jax")
+    if FUSED:
+        name, device = FUSED[0]
+        monkeypatch.setenv("FASTGP_BACKEND", name)
+        assert fastgp.backend_for(device) == name

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -84,19 +83,6 @@ def _scores_for_g(critic: Callable[[Tensor], Tensor], loss: str, fake: Tensor, r
     if loss.startswith(("rp-", "ra-")):
         return fastgp.losses.g_loss(loss, s, real_scores=critic(real))
     return fastgp.losses.g_loss(loss, s)
-
-
-def _backend_used(s: Settings) -> str:
-    """The backend `auto` resolves to for this run's tensors, as `fastgp.backends()` reports it."""
-    if s.backend != "auto":
-        return s.backend
-    env = os.environ.get("FASTGP_BACKEND", "").strip()
-    if env and env != "auto":
-        return env
-    if s.device.startswith("cuda"):
-        available = [name for name, status in fastgp.backends().items() if status.available and name != "torch"]
-        return available[0] if available else "torch"
-    return "torch"
 
 
 def train(s: Settings, progress: bool = True, desc: str | None = None) -> RunResult:
@@ -197,7 +183,7 @@ def evaluate(result: RunResult, elapsed: float) -> dict[str, Any]:
         "final_grad_norm": result.history["grad_norm"][-1],
         "seconds": elapsed,
         "ms_per_step": 1000.0 * elapsed / max(1, s.steps),
-        "backend": _backend_used(s),
+        "backend": fastgp.backend_for(s.device, s.backend),
         "device": s.device,
         "settings": vars(s).copy(),
     }
