@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from fastgp import bench
+from fastgp.cli._args import threads
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -94,11 +95,7 @@ def run(args: argparse.Namespace) -> int:
     compile_policy = args.compile or bench.default_compile(device, quick=args.quick)
     rep_ms = args.rep_ms or (200.0 if args.quick else 100.0)
     # On a shared CPU, OpenMP threads waiting on each other turn other people's load into 10-100x outliers.
-    threads = args.threads or (1 if device.type == "cpu" else None)
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with threads(args.threads or (1 if device.type == "cpu" else None)):
         results: dict[str, Any] = bench.run(
             cases,
             device,
@@ -108,8 +105,6 @@ def run(args: argparse.Namespace) -> int:
             progress=_progress,
             quick=args.quick,
         )
-    finally:
-        torch.set_num_threads(before)  # callers in the same process (tests) keep their own setting
     print(bench.format_table(results))
     stem = bench.output_stem(results)
     json_path = bench.write_json(results, args.out / f"{stem}.json")

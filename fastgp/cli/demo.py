@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 import fastgp
+from fastgp.cli._args import non_negative_float, positive_float, positive_int, threads
 from fastgp.toy import DATASETS, Critic, ToyData, make_dataset, mlp
 
 NORMALIZATIONS = ("gn", "pgn")
@@ -293,12 +292,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", choices=fastgp.losses.NAMES, default=None, help="critic loss (default: the penalty's own)")
     p.add_argument("--norm", choices=("l2", "l1", "linf"), default=None, help="override the preset's norm")
     p.add_argument("--constraint", choices=("ls", "hinge", "squared_hinge"), default=None, help="override")
-    p.add_argument("--weight", type=_non_negative, default=None, help="override the preset's λ")
-    p.add_argument("--steps", type=_positive, default=None, help="generator steps (default 1000, --quick 400)")
-    p.add_argument("--n-critic", type=_positive, default=5, help="critic steps per generator step")
-    p.add_argument("--batch-size", type=_positive, default=None, help="default 256, --quick 128")
-    p.add_argument("--width", type=_positive, default=None, help="hidden units of both MLPs (default 128, --quick 64)")
-    p.add_argument("--lr", type=_positive_float, default=None, help="Adam lr of G and D (default 1e-3, --quick 2e-3)")
+    p.add_argument("--weight", type=non_negative_float, default=None, help="override the preset's λ")
+    p.add_argument("--steps", type=positive_int, default=None, help="generator steps (default 1000, --quick 400)")
+    p.add_argument("--n-critic", type=positive_int, default=5, help="critic steps per generator step")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default 256, --quick 128")
+    p.add_argument(
+        "--width", type=positive_int, default=None, help="MLP width (default 128, --quick 64)"
+    )
+    p.add_argument("--lr", type=positive_float, default=None, help="Adam lr of G and D (default 1e-3, --quick 2e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--backend", choices=("auto", *fastgp.backends()), default="auto", help="fastgp backend")
@@ -313,27 +314,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run, _parser=p, _penalties=penalties)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
 
 
 def _settings(args: argparse.Namespace, penalty: str) -> Settings:
@@ -376,22 +356,10 @@ def run(args: argparse.Namespace) -> int:
         if unknown:
             parser.error(f"--compare: unknown penalty {unknown[0]!r} (choose from {', '.join(args._penalties)})")
     args.out.mkdir(parents=True, exist_ok=True)
-    with single_thread():
+    with threads(1):
         if args.compare is not None:
             return _run_compare(args, penalties)
         return _run_one(args)
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """One intra-op thread while training: on 64-256 wide MLPs the threads cost more than they give, and on a
-    loaded 2-core machine two threads made a step 40x slower (2 s instead of 50 ms) in our measurements."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run_one(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 import fastgp
-from fastgp.cli.demo import single_thread
+from fastgp.cli._args import non_negative_float, positive_int, threads
 from fastgp.toy import Critic, swiss_roll_classes
 
 
@@ -119,29 +119,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="expected L1/L2/Linf margins of gradient-penalised swiss-roll classifiers (max-margin paper, Table 1)",
         description=__doc__.splitlines()[0],
     )
-    p.add_argument("--steps", type=_positive, default=None, help="Adam steps per classifier (default 1000, quick 150)")
-    p.add_argument("--seeds", type=_positive, default=None, help="seeds averaged per row (default 2, quick 1)")
-    p.add_argument("--weight", type=_non_negative, default=10.0, help="penalty weight λ (default 10)")
-    p.add_argument("--batch-size", type=_positive, default=256, help="points per class per step (default 256)")
-    p.add_argument("--width", type=_positive, default=64, help="hidden units of the 3-layer MLP (default 64)")
+    p.add_argument(
+        "--steps", type=positive_int, default=None, help="Adam steps (default 1000, quick 150)"
+    )
+    p.add_argument("--seeds", type=positive_int, default=None, help="seeds averaged per row (default 2, quick 1)")
+    p.add_argument("--weight", type=non_negative_float, default=10.0, help="penalty weight λ (default 10)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="points per class per step (default 256)")
+    p.add_argument("--width", type=positive_int, default=64, help="hidden units of the 3-layer MLP (default 64)")
     p.add_argument("--out", type=Path, default=Path("fastgp-margins"), help="output folder")
     p.add_argument("--quick", action="store_true", help="a short run (< 20 s on 2 CPU cores)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -152,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     n_seeds = args.seeds or (1 if args.quick else 2)
     args.out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(SETTINGS) * n_seeds * steps, disable=args.no_progress, unit="step", mininterval=0.5)
-    with single_thread():
+    with threads(1):
         rows = _train_all(args, steps, n_seeds, bar)
     bar.close()
 

@@ -1,0 +1,45 @@
+"""What the commands share: argument types and the thread setting they train or time under."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+@contextmanager
+def threads(n: int | None = 1) -> Iterator[None]:
+    """`n` intra-op threads inside the block (None: leave them), restored after it. On small MLPs the threads
+    cost more than they give, and on a loaded 2-core machine two threads made a demo step 40x slower (2 s
+    instead of 50 ms) and benchmark timings 10-100x noisier in our measurements."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
