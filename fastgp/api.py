@@ -136,7 +136,7 @@ def gradient_penalty(
     validation.grad_enabled("gradient_penalty")
     ops = backends.select(backend, device)
 
-    x_hat, alpha = (pts, None) if isinstance(pts, Tensor) else ops.interpolate(real, fake, pts, seed)
+    x_hat, alpha = (pts, None) if own else ops.interpolate(real, fake, pts, seed)
     scores, grad = _differentiate(D, x_hat, args, kwargs, scaler=scaler)
     penalty, norms = ops.penalty_from_grad(grad, scores=scores if ps["output_weight"] else None, **ps)
     if return_details:
