@@ -86,6 +86,31 @@ def split_float(x: float) -> tuple[float, float]:
 
 
 @triton.jit
+def row_chunk_arrive(
+    g_ptr, part_ptr, count_ptr, counter_ptr, stride_row, B, d, n_chunks,
+    NORM: tl.constexpr, ONE_MINUS: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILES: tl.constexpr, ACC: tl.constexpr,
+):
+    """The first half of a one-launch reduction: this program reduces its chunk of its row into the
+    workspace, then arrives at the counter. True for the last program to arrive, which sees every
+    partial and leaves the counter at zero for the next launch."""
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // n_chunks
+    start = (pid % n_chunks) * (BLOCK_SIZE * TILES)
+    value, count = chunk_partial(g_ptr + row * stride_row, start, d, NORM, ONE_MINUS, BLOCK_SIZE, TILES, ACC)
+    tl.store(part_ptr + pid, value)
+    if NORM == 2:
+        tl.store(count_ptr + pid, count)
+    # Every thread's partial is written before the counter moves; acq_rel makes the last
+    # program see all of them.
+    tl.debug_barrier()
+    arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
+    last = arrived == B * n_chunks - 1
+    if last:
+        tl.atomic_xchg(counter_ptr, 0)
+    return last
+
+
+@triton.jit
 def chunk_partial(
     row_ptr, start, d, NORM: tl.constexpr, ONE_MINUS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     TILES: tl.constexpr, ACC: tl.constexpr,

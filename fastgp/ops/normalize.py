@@ -21,7 +21,7 @@ from torch import Tensor
 from fastgp import _layout as L
 from fastgp import reference as R
 from fastgp.ops import _common as C
-from fastgp.ops._common import chunk_partial, norm_direction, row_norms
+from fastgp.ops._common import norm_direction, row_chunk_arrive, row_norms
 
 
 @triton.jit
@@ -45,17 +45,10 @@ def _normalize_fwd_kernel(
     ROWS: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    row = pid // n_chunks
-    start = (pid % n_chunks) * (BLOCK_SIZE * TILES)
-    value, count = chunk_partial(g_ptr + row * stride_row, start, d, NORM, PGN, BLOCK_SIZE, TILES, ACC)
-    tl.store(part_ptr + pid, value)
-    if NORM == 2:
-        tl.store(count_ptr + pid, count)
-    tl.debug_barrier()
-    arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
-    if arrived == B * n_chunks - 1:
-        tl.atomic_xchg(counter_ptr, 0)  # every program has arrived: ready for the next launch
+    last = row_chunk_arrive(
+        g_ptr, part_ptr, count_ptr, counter_ptr, stride_row, B, d, n_chunks, NORM, PGN, BLOCK_SIZE, TILES, ACC
+    )
+    if last:
         r0 = 0
         while r0 < B:  # `while`: see the note on runtime loop bounds in _common.py
             rows = r0 + tl.arange(0, ROWS)

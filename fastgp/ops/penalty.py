@@ -22,7 +22,7 @@ from torch import Tensor
 from fastgp import _layout as L
 from fastgp import reference as R
 from fastgp.ops import _common as C
-from fastgp.ops._common import chunk_partial, nan_max, norm_direction, row_norms
+from fastgp.ops._common import nan_max, norm_direction, row_chunk_arrive, row_norms
 
 CONSTRAINT_IDS = {"ls": 0, "hinge": 1, "squared_hinge": 2}
 
@@ -116,19 +116,10 @@ def _penalty_fwd_kernel(
     NORM: tl.constexpr, CONSTRAINT: tl.constexpr, MAX: tl.constexpr, HAS_SCORES: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, TILES: tl.constexpr, ROWS: tl.constexpr, ACC: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    row = pid // n_chunks
-    start = (pid % n_chunks) * (BLOCK_SIZE * TILES)
-    value, count = chunk_partial(g_ptr + row * stride_row, start, d, NORM, False, BLOCK_SIZE, TILES, ACC)
-    tl.store(part_ptr + pid, value)
-    if NORM == 2:
-        tl.store(count_ptr + pid, count)
-    # Every thread's partial is written before the counter moves; acq_rel makes the last
-    # program see all of them.
-    tl.debug_barrier()
-    arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
-    if arrived == B * n_chunks - 1:
-        tl.atomic_xchg(counter_ptr, 0)  # every program has arrived: ready for the next launch
+    last = row_chunk_arrive(
+        g_ptr, part_ptr, count_ptr, counter_ptr, stride_row, B, d, n_chunks, NORM, False, BLOCK_SIZE, TILES, ACC
+    )
+    if last:
         center = tl.cast(center_hi, ACC) + tl.cast(center_lo, ACC)
         weight = tl.cast(weight_hi, ACC) + tl.cast(weight_lo, ACC)
         eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
