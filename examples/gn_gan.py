@@ -3,7 +3,7 @@
 
 `fastgp.normalized(D)` differentiates D and returns f̂ with the graph of ∇f kept, so the generator's
 update goes through the double backward. Real and fake go through D in one batch: GN is per-sample.
-`--mode pgn` is the pseudo-gradient normalisation of Xia (004). Random CIFAR-shaped images stand in
+`--mode pgn` is the penalty gradient normalisation of Xia. Random CIFAR-shaped images stand in
 for a data set; `python examples/gn_gan.py --steps 5` runs in seconds on a CPU.
 """
 

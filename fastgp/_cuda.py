@@ -331,7 +331,7 @@ def penalty_from_grad(
 
 
 def normalize(scores: Tensor, grad: Tensor, mode: str = "gn", norm: str = "l2") -> Tensor:
-    """GN ``f̂ = f / (‖g‖ + |f|)`` (Wu et al. 2021) and PGN ``f̂ = (1-f) / (‖1-g‖ + |1-f|)`` (004), fused.
+    """GN ``f̂ = f / (‖g‖ + |f|)`` (Wu et al. 2021) and PGN ``f̂ = (1-f) / (‖1-g‖ + |1-f|)`` (Xia), fused.
 
     ``f̂ = 0`` with zero gradients where the denominator is 0; NaN stays NaN (SPEC.md §4). Returns the
     shape and dtype of `scores`.

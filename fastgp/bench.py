@@ -137,7 +137,7 @@ def default_compile(device: torch.device | str, *, quick: bool = False) -> str:
 
 
 def default_cases(device: torch.device | str, *, quick: bool = False) -> list[Case]:
-    """The case list for `device`: the issue's shapes on CUDA, small ones on the CPU, a tiny set for --quick.
+    """The case list for `device`: the full shapes on CUDA, small ones on the CPU, a tiny set for --quick.
 
     The big shapes run only on CUDA: on the CPU (2 shared cores in CI) they would take minutes per case and
     say nothing about the GPU kernels.
@@ -845,7 +845,7 @@ def _target(name: str, want: str, got: float | int | None, ok: bool | None) -> d
 
 
 def evaluate_targets(case: Case, row: Row, device: torch.device) -> list[dict[str, Any]]:
-    """The issue's GPU targets for a fused provider's row (recorded, never asserted)."""
+    """The GPU targets for a fused provider's row (recorded, never asserted)."""
     if row.status != "ok" or not is_fused(row.provider) or row.provider.endswith("-shared"):
         return []
     out = []

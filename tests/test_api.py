@@ -204,7 +204,7 @@ def test_normalize_and_normalized_module():
         with torch.no_grad():
             torch.testing.assert_close(wrapped(x), f_hat.detach())
     assert "mode='gn'" in repr(fastgp.normalized(D))
-    # 004's Theorem 6 variant is GN on 1 - f with the same gradient norm.
+    # Xia's Theorem 6 variant is GN on 1 - f with the same gradient norm.
     v = fastgp.normalize(1 - scores, grad, mode="gn")
     torch.testing.assert_close(v, (1 - scores) / (grad.flatten(1).norm(dim=1) + (1 - scores).abs()))
 

@@ -1,5 +1,5 @@
 // Gradient normalisation (SPEC.md §4): GN f̂ = f / (‖g‖ + |f|) (Wu et al. 2021) and
-// PGN f̂ = (1-f) / (‖1-g‖ + |1-f|) (004 Algorithm 1), forward and backward.
+// PGN f̂ = (1-f) / (‖1-g‖ + |1-f|) (Xia, Algorithm 1), forward and backward.
 //
 // Same one-launch shape as the penalty: per-chunk partials of the row norm, the last block finishes.
 // With u = f (gn) or 1 - f (pgn), s = ±1 and q = n + |u|:
