@@ -135,8 +135,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--activation",
         choices=tuple(ACTIVATIONS),
         default="relu",
-        help="hidden activation (default relu; tanh with --weight 1 --steps 3000 gives the paper's ratios, but from "
-        "classifiers flat at the data: see the README)",
+        help="hidden activation (default relu; tanh with --weight 1 --steps 3000 gives large ratios, but from "
+        "classifiers flat at the training points, not larger margins: see the README)",
     )
     p.add_argument("--out", type=Path, default=Path("fastgp-margins"), help="output folder")
     p.add_argument("--quick", action="store_true", help="a short run (< 20 s on 2 CPU cores)")
