@@ -106,12 +106,17 @@ def swiss_roll_classes(n: int, generator: torch.Generator | None = None) -> tupl
     return positive, negative
 
 
-def mlp(d_in: int, d_out: int, width: int, depth: int, out_scale: float = 1.0) -> nn.Module:
-    """`depth` hidden ReLU layers of `width`, no normalisation layers (per-sample gradients must stay per-sample)."""
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def mlp(d_in: int, d_out: int, width: int, depth: int, out_scale: float = 1.0, activation: str = "relu") -> nn.Module:
+    """`depth` hidden ReLU or tanh layers of `width`, no normalisation (per-sample gradients stay per-sample)."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
     layers: list[nn.Module] = []
     d = d_in
     for _ in range(depth):
-        layers += [nn.Linear(d, width), nn.ReLU()]
+        layers += [nn.Linear(d, width), ACTIVATIONS[activation]()]
         d = width
     layers.append(nn.Linear(d, d_out))
     net = nn.Sequential(*layers)
@@ -135,9 +140,9 @@ class _Scaled(nn.Module):
 class Critic(nn.Module):
     """MLP critic with one score per sample, shape (B,)."""
 
-    def __init__(self, width: int = 256, depth: int = 3) -> None:
+    def __init__(self, width: int = 256, depth: int = 3, activation: str = "relu") -> None:
         super().__init__()
-        self.net = mlp(2, 1, width, depth)
+        self.net = mlp(2, 1, width, depth, activation=activation)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x).squeeze(-1)

@@ -31,9 +31,21 @@ def test_quick_margins(tmp_path, capsys) -> None:
     assert "2 to 3 times" in printed and "Measured here" in printed
 
 
+def test_tanh_margins_run(tmp_path) -> None:
+    argv = ["margins", "--quick", "--steps", "20", "--activation", "tanh", "--no-progress", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    payload = json.loads((tmp_path / "margins.json").read_text())
+    assert payload["settings"]["activation"] == "tanh"
+    assert all(math.isfinite(row["p=2"]) for row in payload["rows"])
+
+
 @pytest.mark.parametrize(
     "argv, message",
-    [(["--steps", "-3"], "must be a positive integer"), (["--weight", "nan"], "must be a finite number >= 0")],
+    [
+        (["--steps", "-3"], "must be a positive integer"),
+        (["--weight", "nan"], "must be a finite number >= 0"),
+        (["--activation", "gelu"], "invalid choice"),
+    ],
 )
 def test_bad_arguments_are_argparse_errors(argv: list[str], message: str, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
