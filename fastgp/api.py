@@ -48,13 +48,37 @@ class PenaltyDetails:
 
 
 def _differentiate(
-    D: Callable[..., Any], x: Tensor, args: tuple, kwargs: dict, *, scaler: Any = None, create_graph: bool = True
+    D: Callable[..., Any],
+    x: Tensor,
+    args: tuple,
+    kwargs: dict,
+    *,
+    scaler: Any = None,
+    create_graph: bool = True,
+    owned: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Scores ``f_i`` (sum of D's outputs for sample i) and ``g = ∂f/∂x`` in one forward pass."""
+    """Scores ``f_i`` (sum of D's outputs for sample i) and ``g = ∂f/∂x`` in one forward pass.
+
+    If `x` does not require grad, D runs on a leaf that does: a copy of `x`, so that a critic
+    writing through ``x.data`` cannot change the caller's tensor, or `x` itself when `owned`
+    (fastgp made it: interpolates, DRAGAN points). ``f_i`` of a (B, *T) output is summed in the
+    accumulation dtype (`reference.score_sums`); a (B,) or (B, 1) output keeps its dtype.
+    """
     if not x.requires_grad:
-        x = x.detach().requires_grad_(True)
-    out = validation.d_output(D(x, *args, **kwargs), x.shape[0])
-    scores = out.reshape(out.shape[0], -1).sum(dim=1)
+        x = (x.detach() if owned else x.detach().clone()).requires_grad_(True)
+    try:
+        out = D(x, *args, **kwargs)
+    except RuntimeError as err:
+        if x.is_leaf and "leaf Variable that requires grad" in str(err):
+            raise RuntimeError(
+                "fastgp: D modified its input in place, but the input is a leaf tensor that requires grad "
+                "(fastgp differentiates D with respect to it). Make the critic leave its input alone: start "
+                "its forward with `x = x.clone()`, or use out-of-place operations on x (e.g. "
+                f"nn.ReLU(inplace=False), x = x + 1). PyTorch said: {err}"
+            ) from err
+        raise
+    flat = validation.d_output(out, x.shape[0]).reshape(x.shape[0], -1)
+    scores = flat[:, 0] if flat.shape[1] == 1 else reference.score_sums(flat, x.dtype)
     total = scores.sum()
     if scaler is not None:
         # PyTorch's AMP gradient-penalty recipe: differentiate the scaled scores so small fp16
@@ -79,15 +103,23 @@ def _settings(preset: object, **given: Any) -> dict[str, Any]:
 
 
 def _penalty_settings(
-    norm: object, constraint: object, center: object, weight: object, reduction: object, output_weight: object
+    norm: object,
+    constraint: object,
+    center: object,
+    weight: object,
+    reduction: object,
+    output_weight: object,
+    dtype: torch.dtype,
 ) -> dict[str, Any]:
+    """The validated settings of SPEC.md §3 for gradients of `dtype`."""
+    acc = reference.acc_dtype(dtype)
     return {
         "norm": validation.choice("norm", norm, reference.NORMS),
         "constraint": validation.choice("constraint", constraint, reference.CONSTRAINTS),
-        "center": validation.non_negative("center", center),
-        "weight": validation.non_negative("weight", weight),
+        "center": validation.non_negative("center", center, acc),
+        "weight": validation.non_negative("weight", weight, acc),
         "reduction": validation.choice("reduction", reduction, reference.REDUCTIONS),
-        "output_weight": validation.non_negative("output_weight", output_weight),
+        "output_weight": validation.non_negative("output_weight", output_weight, acc),
     }
 
 
@@ -128,8 +160,9 @@ def gradient_penalty(
     pts = s["points"]
     own = isinstance(pts, Tensor)
     device = validation.tensor("points", pts).device if own else validation.points(pts, real, fake)
-    ps = _penalty_settings(s["norm"], s["constraint"], s["center"], s["weight"], reduction, output_weight)
-    validation.seed(seed)
+    sample = pts if own else real if real is not None else fake
+    ps = _penalty_settings(s["norm"], s["constraint"], s["center"], s["weight"], reduction, output_weight, sample.dtype)
+    seed = validation.seed(seed)
     args, kwargs = validation.d_args(d_args, d_kwargs)
     validation.scaler(scaler)
     validation.choice("backend", backend, _BACKEND_NAMES)
@@ -137,7 +170,9 @@ def gradient_penalty(
     ops = backends.select(backend, device)
 
     x_hat, alpha = (pts, None) if own else ops.interpolate(real, fake, pts, seed)
-    scores, grad = _differentiate(D, x_hat, args, kwargs, scaler=scaler)
+    scores, grad = _differentiate(
+        D, x_hat, args, kwargs, scaler=scaler, owned=not own and pts in ("interpolate", "dragan")
+    )
     penalty, norms = ops.penalty_from_grad(grad, scores=scores if ps["output_weight"] else None, **ps)
     if return_details:
         return penalty, PenaltyDetails(x_hat, alpha, scores, grad, norms)
@@ -159,7 +194,7 @@ def interpolate(
     Differentiable in `real` and `fake`; returns ``x̂`` or ``(x̂, α)``.
     """
     device = validation.points(points, real, fake)
-    validation.seed(seed)
+    seed = validation.seed(seed)
     validation.choice("backend", backend, _BACKEND_NAMES)
     x_hat, alpha = backends.select(backend, device).interpolate(real, fake, points, seed)
     return (x_hat, alpha) if return_alpha else x_hat
@@ -170,7 +205,8 @@ def input_grad(D: Callable[..., Any], x: Tensor, *d_args: Any, **d_kwargs: Any) 
 
     ``f_i`` is the sum of D's outputs for sample i, shape (B,). The scores carry D's graph, so the
     same forward serves the D loss and R1/R2 (Mescheder et al. 2018) or GN (Wu et al. 2021).
-    If `x` does not require grad, a leaf copy that does is differentiated instead.
+    If `x` does not require grad, a leaf copy that does is differentiated instead, so D cannot
+    write to `x`.
     """
     validation.callable_("D", D)
     validation.tensor("x", x)
@@ -197,7 +233,7 @@ def penalty_from_grad(
     computes the value without a graph, for logging.
     """
     validation.tensor("grad", grad)
-    ps = _penalty_settings(norm, constraint, center, weight, reduction, output_weight)
+    ps = _penalty_settings(norm, constraint, center, weight, reduction, output_weight, grad.dtype)
     if scores is not None:
         validation.tensor("scores", scores)
         validation.same_batch("scores", scores, "grad", grad)

@@ -66,27 +66,79 @@ def interpolate(
     return x_hat.to(real.dtype), alpha
 
 
+# Entries per block of a long row. PyTorch's CPU `vector_norm` accumulates a row in one pass, its
+# float32 error growing with the row's length (1e-3 at 2^24 entries; it stalls outright on 2^30
+# float16 ones); over 1024 entries it stays below 5e-7, and the block norms are combined in float64.
+# Rows up to _DIRECT entries (CIFAR's 3072) are summed in one pass (within 3e-6), at no extra cost.
+_BLOCK = 1024
+_DIRECT = 4096
+# Entries converted to the accumulation dtype at a time: a half-precision row is never copied whole.
+_CHUNK = 1 << 22
+# SPEC.md §3's tiny-row rule: an l2 norm whose square is below the smallest normal number of the
+# accumulation dtype is 0 (GPUs flush such sums to zero; CPUs keep a few digits of them).
+_TINY = {torch.float32: 2.0**-63, torch.float64: 2.0**-511}
+
+
+def _norm(x: Tensor, norm: str, dim: int, dtype: torch.dtype) -> Tensor:
+    """``‖x‖`` along `dim`, accumulated in `dtype`; l1 as a sum of ``|x|``, which PyTorch sums
+    pairwise (its `vector_norm` is 10x less accurate there)."""
+    if norm == "l1":
+        return x.abs().sum(dim, dtype=dtype)
+    return torch.linalg.vector_norm(x, _ORD[norm], dim=dim, dtype=dtype)
+
+
+def _block_norms(flat: Tensor, norm: str, acc: torch.dtype) -> Tensor:
+    """The norms of consecutive blocks of `_BLOCK` entries of each row of `flat` (B, d): (B, ⌈d/_BLOCK⌉)."""
+    B, d = flat.shape
+    m, r = divmod(d, _BLOCK)
+    # Split only where needed: the backward of a split is a copy of the whole gradient.
+    head, tail = flat.split([m * _BLOCK, r], dim=1) if r else (flat, None)
+    blocks = head.view(B, m, _BLOCK)
+    rows = max(1, _CHUNK // (B * _BLOCK))
+    parts = [_norm(chunk, norm, 2, acc) for chunk in (blocks.split(rows, dim=1) if m > rows else (blocks,))]
+    if tail is not None:
+        parts.append(_norm(tail, norm, 1, acc)[:, None])
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
 def grad_norms(grad: Tensor, norm: str = "l2") -> Tensor:
     """Per-sample norms ``n_i = ‖g_i‖`` of `grad` flattened to (B, d), float32 (float64 for float64).
 
-    PyTorch's `vector_norm` backward is SPEC.md's: zero at ``n = 0`` and, for ``linf``,
-    ``sign(g_j)/k`` shared over the `k` tied entries.
+    The backward is SPEC.md's (PyTorch's own): zero at ``n = 0`` and, for ``linf``,
+    ``sign(g_j)/k`` shared over the `k` tied entries. Long rows are summed by blocks (a maximum is
+    exact, so ``linf`` never is). An ``l2`` norm below the tiny-row bound is 0.
     """
-    flat = grad.reshape(grad.shape[0], -1).to(acc_dtype(grad.dtype))
-    return torch.linalg.vector_norm(flat, ord=_ORD[norm], dim=1)
+    acc = acc_dtype(grad.dtype)
+    flat = grad.reshape(grad.shape[0], -1)
+    if flat.shape[1] <= _DIRECT or norm == "linf":
+        norms = _norm(flat, norm, 1, acc)
+    else:
+        norms = _norm(_block_norms(flat, norm, acc), norm, 1, torch.float64).to(acc)
+    # `threshold` keeps NaN and passes its gradient, so a NaN row stays NaN.
+    return torch.nn.functional.threshold(norms, _TINY[acc], 0.0) if norm == "l2" else norms
 
 
 def constraint_value(norms: Tensor, constraint: str, center: float) -> Tensor:
     """``h(n)``: ``ls`` ``(n-c)²``, ``hinge`` ``max(0, n-c)``, ``squared_hinge`` ``max(0, n-c)²``.
 
-    ``relu``'s derivative at 0 is 0 in PyTorch, which is SPEC.md's ``n > c`` rule.
+    The hinge's slope is 1 for ``n > c``, 0 at and below (SPEC.md's ``n > c`` rule) and NaN at a
+    NaN norm: ``relu``'s would be 1 there, and a NaN row would get a finite gradient.
     """
     t = norms - center
     if constraint == "ls":
         return t * t
-    if constraint == "hinge":
-        return torch.relu(t)
-    return torch.relu(t) ** 2
+    step = torch.where(t > 0, 1.0, t.detach() * 0.0)  # 1, 0, or NaN when t is NaN
+    pos = t * step
+    return pos if constraint == "hinge" else pos * pos
+
+
+def score_sums(scores: Tensor, *dtypes: torch.dtype) -> Tensor:
+    """``f_i``, the sum of sample i's scores (B, *T) → (B,), in ``acc_dtype(scores.dtype, *dtypes)``.
+
+    Summed in the accumulation dtype (SPEC.md §3), not in the scores' own: 64 float16 patch scores
+    of 2000 overflow float16, and float32 scores ``[1e8, 1, -1e8]`` sum to 0 in float32.
+    """
+    return scores.reshape(scores.shape[0], -1).sum(dim=1, dtype=acc_dtype(scores.dtype, *dtypes))
 
 
 def penalty_from_grad(
@@ -109,8 +161,8 @@ def penalty_from_grad(
     h = constraint_value(norms, constraint, center)
     penalty = weight * (h.mean() if reduction == "mean" else h.amax())
     if output_weight != 0.0 and scores is not None:
-        f = scores.reshape(scores.shape[0], -1).sum(dim=1).to(norms.dtype)
-        penalty = penalty + output_weight * (f * f).mean()
+        f = score_sums(scores, grad.dtype)
+        penalty = penalty + (output_weight * (f * f).mean()).to(penalty.dtype)
     return penalty, norms
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from numbers import Real
+from numbers import Integral, Real
 from typing import Any
 
 import torch
@@ -28,13 +28,22 @@ def choice(name: str, value: object, choices: Iterable[str]) -> str:
     return value
 
 
-def non_negative(name: str, value: object) -> float:
-    """`value` must be a finite real number ≥ 0 (weights and centres, SPEC.md §7)."""
+def non_negative(name: str, value: object, dtype: torch.dtype = torch.float64) -> float:
+    """`value` must be a real number ≥ 0, finite in `dtype` (weights and centres, SPEC.md §7).
+
+    `dtype` is the one P accumulates in: a weight it cannot hold would make P inf, or NaN where
+    the penalty is 0, whatever the data.
+    """
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be finite and non-negative, got {value}")
+    if value > torch.finfo(dtype).max:
+        raise ValueError(
+            f"{name} must be finite in {dtype}, the dtype the penalty is accumulated in "
+            f"(at most {torch.finfo(dtype).max:.4g}), got {value:g}"
+        )
     return value
 
 
@@ -44,6 +53,8 @@ def tensor(name: str, value: object) -> Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if not value.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
+    if value.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {value.layout}")
     if value.dim() == 0:
         raise ValueError(f"{name} must have a batch dimension, got a 0-d tensor")
     if value.shape[0] == 0:
@@ -90,11 +101,12 @@ def points(value: object, real: object, fake: object) -> torch.device:
 
 
 def seed(value: object) -> int | None:
-    """`seed` is None or an int in [0, 2**63)."""
+    """`seed` is None or an integer (int, numpy integer) in [0, 2**63); returned as an int."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"seed must be an int or None, got {type(value).__name__}")
+    value = int(value)
     if not 0 <= value < 2**63:
         raise ValueError(f"seed must be in [0, 2**63), got {value}")
     return value
@@ -140,6 +152,8 @@ def d_output(out: object, batch: int) -> Tensor:
         raise ValueError(
             f"D's output must have the batch size {batch} as its first dimension, got shape {tuple(out.shape)}"
         )
+    if out.numel() == 0:
+        raise ValueError(f"D's output does not depend on its input x (it is empty, shape {tuple(out.shape)})")
     if not out.requires_grad:
         raise ValueError("D's output does not depend on its input x (it does not require grad)")
     return out
