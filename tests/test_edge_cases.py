@@ -154,37 +154,6 @@ def test_in_place_critic_is_told_how_to_fix_it():
         fastgp.input_grad(in_place, real)
 
 
-@pytest.fixture
-def noisy_grads():
-    """Every parameter starts with a known .grad, which a refused call must leave bit for bit."""
-    for p in D.parameters():
-        p.grad = torch.randn_like(p)
-    before = [p.grad.clone() for p in D.parameters()]
-    yield
-    for p, b in zip(D.parameters(), before, strict=True):
-        assert torch.equal(p.grad, b)
-
-
-@pytest.mark.parametrize(
-    "call,exc,text",
-    [
-        (lambda: fastgp.gradient_penalty(lambda x: D(x)[:, :0], real, fake), ValueError, "it is empty"),
-        (lambda: fastgp.input_grad(lambda x: D(x)[:, 1:], real), ValueError, "does not depend"),
-        (lambda: fastgp.penalty_from_grad(torch.randn(3, 4).to_sparse()), TypeError, "grad must be a dense"),
-        (lambda: fastgp.penalty_from_grad(torch.randn(3, 4).to_sparse_csr()), TypeError, "grad must be a dense"),
-        (lambda: fastgp.grad_norms(torch.randn(3, 4).to_sparse()), TypeError, "grad must be a dense"),
-        (lambda: fastgp.gradient_penalty(D, real.to_sparse(), fake), TypeError, "real must be a dense"),
-        (lambda: fastgp.gradient_penalty(D, real, fake, weight=1e308), ValueError, "weight must be finite in"),
-        (lambda: fastgp.penalty_from_grad(torch.randn(3, 4), center=1e39), ValueError, "center must be finite in"),
-        (lambda: fastgp.gradient_penalty(D, real, fake, seed=np.float64(3)), TypeError, "seed must be an int"),
-        (lambda: fastgp.gradient_penalty(D, real, fake, seed=np.bool_(True)), TypeError, "seed must be an int"),
-    ],
-)
-def test_refused(call, exc, text, noisy_grads):
-    with pytest.raises(exc, match=text):
-        call()
-
-
 def test_weights_allowed_where_the_accumulation_dtype_holds_them():
     g = torch.randn(3, 4, dtype=torch.float64)
     assert torch.isfinite(fastgp.penalty_from_grad(g, weight=1e300))

@@ -1,5 +1,6 @@
 """SPEC.md §7: refused inputs raise ValueError/TypeError naming the argument, and touch no .grad."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -140,6 +141,16 @@ def test_nan_in_data_is_not_refused_but_propagates():
         (lambda: fastgp.interpolate(torch.randn(1, 1), points="dragan"), ValueError, "at least two entries"),
         (lambda: fastgp.margin(D, real, torch.ones(3, dtype=torch.bool)), TypeError, "labels"),
         (lambda: fastgp.interpolate(real, None), ValueError, "needs fake"),
+        (lambda: fastgp.gradient_penalty(lambda x: D(x)[:, :0], real, fake), ValueError, "it is empty"),
+        (lambda: fastgp.input_grad(lambda x: D(x)[:, 1:], real), ValueError, "does not depend"),
+        (lambda: fastgp.penalty_from_grad(torch.randn(3, 4).to_sparse()), TypeError, "grad must be a dense"),
+        (lambda: fastgp.penalty_from_grad(torch.randn(3, 4).to_sparse_csr()), TypeError, "grad must be a dense"),
+        (lambda: fastgp.grad_norms(torch.randn(3, 4).to_sparse()), TypeError, "grad must be a dense"),
+        (lambda: fastgp.gradient_penalty(D, real.to_sparse(), fake), TypeError, "real must be a dense"),
+        (lambda: fastgp.gradient_penalty(D, real, fake, weight=1e308), ValueError, "weight must be finite in"),
+        (lambda: fastgp.penalty_from_grad(torch.randn(3, 4), center=1e39), ValueError, "center must be finite in"),
+        (lambda: fastgp.gradient_penalty(D, real, fake, seed=np.float64(3)), TypeError, "seed must be an int"),
+        (lambda: fastgp.gradient_penalty(D, real, fake, seed=np.bool_(True)), TypeError, "seed must be an int"),
     ],
 )
 def test_more_refusals(call, exc, text, noisy_grads):
