@@ -73,7 +73,9 @@ def interpolate(
 _BLOCK = 1024
 _DIRECT = 4096
 # Entries converted to the accumulation dtype at a time: a half-precision row is never copied whole.
-_CHUNK = 1 << 22
+# 64 MiB of float32, above glibc's largest mmap threshold (32 MiB), so each transient goes back to the
+# system when freed instead of fragmenting the heap around the small partial norms (2 GiB on 2^29 entries).
+_CHUNK = 1 << 24
 # SPEC.md §3's tiny-row rule: an l2 norm whose square is below the smallest normal number of the
 # accumulation dtype is 0 (GPUs flush such sums to zero; CPUs keep a few digits of them).
 _TINY = {torch.float32: 2.0**-63, torch.float64: 2.0**-511}
