@@ -320,8 +320,7 @@ def penalty_from_grad(
     """
     f = None
     if output_weight != 0.0 and scores is not None:
-        f = scores.reshape(scores.shape[0], -1).to(_acc(grad))
-        f = (f.reshape(-1) if f.shape[1] == 1 else f.sum(dim=1)).contiguous()  # f_i, sum of sample i's scores
+        f = reference.score_sums(scores, grad.dtype).to(_acc(grad)).contiguous()  # f_i, the kernel's dtype
     if _how is None:
         _load()
     penalty, norms, _, _ = torch.ops.fastgp_cuda.penalty_fwd(

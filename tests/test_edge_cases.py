@@ -106,14 +106,29 @@ def test_all_tiny_rows_under_max_have_zero_gradient():
     assert (norms == 0).all() and P == 0 and (dg == 0).all()
 
 
-def test_score_sums_from_the_report():
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_score_sums_from_the_report(backend):
     # 64 float16 patch scores of 2000 overflow float16; float32 [1e8, 1, -1e8] sum to 0 in float32.
-    patches = torch.full((2, 64), 2000.0, dtype=torch.float16)
-    P = R.penalty_from_grad(torch.ones(2, 3), scores=patches, weight=0.0, output_weight=1.0)[0]
+    if not fastgp.backends()[backend].available:
+        pytest.skip(f"the {backend} backend cannot run here")
+    device = "cuda" if backend != "torch" and torch.cuda.is_available() else "cpu"
+    P = fastgp.penalty_from_grad(
+        torch.ones(2, 3, device=device),
+        scores=torch.full((2, 64), 2000.0, dtype=torch.float16, device=device),
+        weight=0.0,
+        output_weight=1.0,
+        backend=backend,
+    )
     assert P.item() == pytest.approx(128000.0**2)
-    scores = torch.tensor([[1e8, 1.0, -1e8]])
-    P = R.penalty_from_grad(torch.ones(1, 3, dtype=torch.float64), scores=scores, weight=0.0, output_weight=1.0)[0]
-    assert P.dtype == torch.float64 and P.item() == 1.0
+    for grad_dtype, scores_dtype in [(torch.float64, torch.float32), (torch.float32, torch.float64)]:
+        P = fastgp.penalty_from_grad(
+            torch.ones(1, 3, dtype=grad_dtype, device=device),
+            scores=torch.tensor([[1e8, 1.0, -1e8]], dtype=scores_dtype, device=device),
+            weight=0.0,
+            output_weight=1.0,
+            backend=backend,
+        )
+        assert P.dtype == grad_dtype and P.item() == 1.0
 
 
 def test_patch_critic_scores_summed_in_float32():

@@ -128,30 +128,51 @@ def test_nan_propagates_triton(norm, constraint, reduction, case):
 # Per-sample sums of (B, *T) scores accumulate in float32 (float64 if scores or grad are float64).
 
 
-@FEW
-@given(
+_SCORE_CASES = dict(
     seed=st.integers(0, 2**31 - 1),
     T=st.integers(1, 80),
     scale=st.sampled_from([1.0, 2000.0, 1e8]),
     dtypes=st.sampled_from(
-        [(torch.float16, torch.float32), (torch.bfloat16, torch.float32), (torch.float32, torch.float64)]
+        [
+            (torch.float16, torch.float32),
+            (torch.bfloat16, torch.float32),
+            (torch.float32, torch.float64),
+            (torch.float64, torch.float32),
+        ]
     ),
 )
-def test_score_sums_accumulate(seed, T, scale, dtypes):
+
+
+def _check_score_sums(ops, seed, T, scale, dtypes):
     sdtype, gdtype = dtypes
-    if scale > torch.finfo(sdtype).max:
-        scale = torch.finfo(sdtype).max / 2
+    scale = min(scale, torch.finfo(sdtype).max / 2)
     gen = torch.Generator().manual_seed(seed)
     scores = (torch.randn(3, T, generator=gen, dtype=torch.float64) * scale).to(sdtype)
     grad = torch.randn(3, 5, generator=gen, dtype=torch.float64).to(gdtype)
-    want_f = scores.double().sum(1)
+    device = "cuda" if torch.cuda.is_available() and ops is not R else "cpu"
+    P, _ = ops.penalty_from_grad(grad.to(device), scores=scores.to(device), output_weight=0.5)
+    want = explicit.penalty(grad.double(), "l2", "ls", 1.0, 10.0, "mean", scores.double(), 0.5)[0]
+    assert P.dtype == R.acc_dtype(gdtype) and torch.isfinite(P)
+    torch.testing.assert_close(P.double().cpu(), want, rtol=1e-5, atol=0)
+
+
+@FEW
+@given(**_SCORE_CASES)
+def test_score_sums_accumulate_reference(seed, T, scale, dtypes):
+    sdtype, gdtype = dtypes
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randn(3, T, generator=gen, dtype=torch.float64).mul(min(scale, torch.finfo(sdtype).max / 2))
+    scores = scores.to(sdtype)
     f = R.score_sums(scores, gdtype)
     assert f.dtype == R.acc_dtype(sdtype, gdtype)
-    torch.testing.assert_close(f.double(), want_f, rtol=1e-6, atol=1e-6 * scale)
-    P, _ = R.penalty_from_grad(grad, scores=scores, output_weight=0.5)
-    want = explicit.penalty(grad.double(), "l2", "ls", 1.0, 10.0, "mean", scores.double(), 0.5)[0]
-    assert torch.isfinite(P)
-    torch.testing.assert_close(P.double(), want, rtol=1e-5, atol=0)
+    torch.testing.assert_close(f.double(), scores.double().sum(1), rtol=1e-6, atol=1e-6 * scale)
+    _check_score_sums(_torch_ops(), seed, T, scale, dtypes)
+
+
+@settings(FEW, max_examples=4, phases=[Phase.explicit, Phase.generate])
+@given(**_SCORE_CASES)
+def test_score_sums_accumulate_triton(seed, T, scale, dtypes):
+    _check_score_sums(_triton_ops(), seed, T, scale, dtypes)
 
 
 @FEW

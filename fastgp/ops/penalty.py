@@ -304,8 +304,7 @@ def penalty_from_grad(
     """
     f = None
     if output_weight != 0.0 and scores is not None:
-        f = scores.reshape(scores.shape[0], -1)
-        f = f[:, 0] if f.shape[1] == 1 else f.to(C.acc_dtype(grad.dtype)).sum(dim=1)
+        f = R.score_sums(scores, grad.dtype)
     penalty, norms, _, _ = penalty_fwd(
         grad, f, norm, constraint, float(center), float(weight), reduction, float(output_weight)
     )
