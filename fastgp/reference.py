@@ -77,7 +77,7 @@ _DIRECT = 4096
 # system when freed instead of fragmenting the heap around the small partial norms (2 GiB on 2^29 entries).
 _CHUNK = 1 << 24
 # SPEC.md §3's tiny-row rule: an l2 norm whose square is below the smallest normal number of the
-# accumulation dtype is 0 (GPUs flush such sums to zero; CPUs keep a few digits of them).
+# accumulation dtype is 0 (flush-to-zero makes such sums 0; without it they keep a few digits).
 _TINY = {torch.float32: 2.0**-63, torch.float64: 2.0**-511}
 
 
