@@ -98,6 +98,15 @@ def test_tiny_l2_rows_are_zero_rows(dtype):
     assert (dg[[0, 1, 3]] == 0).all() and dg[2, 0] != 0
 
 
+def test_tiny_l2_rows_are_zero_rows_under_gn():
+    g = torch.full((2, 5), 1e-21, requires_grad=True)
+    f = torch.tensor([0.5, -2.0], requires_grad=True)
+    out = R.normalize(f, g, "gn", "l2")
+    assert out.tolist() == [1.0, -1.0]
+    dg, df = torch.autograd.grad(out.sum(), (g, f))
+    assert (dg == 0).all() and (df == 0).all()
+
+
 def test_all_tiny_rows_under_max_have_zero_gradient():
     g = torch.full((3, 5), 1e-21, requires_grad=True)
     g.data[1] *= 1.5
