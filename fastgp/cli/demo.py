@@ -124,7 +124,11 @@ def train(s: Settings, progress: bool = True, desc: str | None = None) -> RunRes
             d_loss = fastgp.losses.d_loss(s.loss, critic(real), critic(fake))
             penalty = torch.zeros((), device=device)
             if not normalizing and s.penalty != "none":
-                penalty = fastgp.gradient_penalty(D, real, fake, preset=s.penalty, backend=s.backend, **overrides)
+                # R1 and DRAGAN are taken at real samples only: fake is passed where the points use it.
+                uses_fake = fastgp.presets[s.penalty].points in ("interpolate", "fake")
+                penalty = fastgp.gradient_penalty(
+                    D, real, fake if uses_fake else None, preset=s.penalty, backend=s.backend, **overrides
+                )
             opt_d.zero_grad(set_to_none=True)
             (d_loss + penalty).backward()
             opt_d.step()
@@ -296,9 +300,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, default=None, help="generator steps (default 1000, --quick 400)")
     p.add_argument("--n-critic", type=positive_int, default=5, help="critic steps per generator step")
     p.add_argument("--batch-size", type=positive_int, default=None, help="default 256, --quick 128")
-    p.add_argument(
-        "--width", type=positive_int, default=None, help="MLP width (default 128, --quick 64)"
-    )
+    p.add_argument("--width", type=positive_int, default=None, help="MLP width (default 128, --quick 64)")
     p.add_argument("--lr", type=positive_float, default=None, help="Adam lr of G and D (default 1e-3, --quick 2e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
