@@ -1,14 +1,18 @@
 """The README's "Coming from …" rows: each fastgp one-liner against the formula as that codebase writes it.
 
-Every `theirs_*` function below restates, in plain PyTorch, what the named codebase computes (its
-convention for α, where the ½ sits, how its critic returns scores), so that a change of convention on
-either side fails here. Nothing is imported from those codebases. Float64 throughout: the two sides
-must agree to rounding.
+The fastgp side is the README's own text, read from README.md and evaluated, so that the README cannot
+drift from what is tested. Every `theirs_*` function restates, in plain PyTorch, what the named codebase
+computes (its convention for α, where the ½ sits, how its critic returns scores), so that a change of
+convention on either side fails here. Nothing is imported from those codebases. Float64 throughout: the
+two sides must agree to rounding.
 """
 
 from __future__ import annotations
 
 import io
+import re
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,6 +21,28 @@ from torch import Tensor, nn
 import fastgp
 
 TOL = {"rtol": 1e-12, "atol": 1e-14}
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def coming_from() -> str:
+    """The README's "Coming from …" section."""
+    return README.read_text(encoding="utf-8").split("\n## Coming from")[1].split("\n## ")[0]
+
+
+def readme_call(key: str) -> str:
+    """The fastgp cell of the table row whose codebase cell contains `key`."""
+    for line in coming_from().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if line.startswith("| `") and key in cells[0]:
+            return cells[1].strip("`")
+    raise AssertionError(f"no row for {key!r} in the README's Coming from section")
+
+
+def run_readme_call(key: str, **names: Any) -> tuple[Tensor, Any]:
+    """Evaluates the README's call for `key` with `names` bound, asking for its details too."""
+    call = readme_call(key)
+    assert call.startswith("fastgp.gradient_penalty(") and call.endswith(")"), call
+    return eval(call[:-1] + ", return_details=True)", {"fastgp": fastgp, **names})
 
 
 @pytest.fixture(autouse=True)
@@ -86,9 +112,8 @@ def theirs_studiogan_gp(D, real, fake, labels, alpha: Tensor, center: float, red
 def test_studiogan_cal_grad_penalty():
     D, (real, fake, labels) = DictCritic().double(), batch()
     gp_lambda = 10.0
-    ours, det = fastgp.gradient_penalty(
-        lambda x: D(x, labels, eval=False)["adv_output"], real, fake, preset="wgan-gp", return_details=True
-    )
+    adv = lambda x: D(x, labels)["adv_output"]  # noqa: E731 (the README's spelling)
+    ours, det = run_readme_call("cal_grad_penalty(", adv=adv, real=real, fake=fake, gp_lambda=gp_lambda)
     theirs = gp_lambda * theirs_studiogan_gp(D, real, fake, labels, det.alpha, 1.0, "mean")
     assert_same_step(D, ours, theirs)
 
@@ -96,9 +121,8 @@ def test_studiogan_cal_grad_penalty():
 def test_studiogan_cal_maxgrad_penalty_is_the_max_gp_preset():
     D, (real, fake, labels) = DictCritic().double(), batch()
     maxgp_lambda = 10.0  # StudioGAN's LGAN configs; the preset's own λ is the paper code's 0.1
-    ours, det = fastgp.gradient_penalty(
-        lambda x: D(x, labels)["adv_output"], real, fake, preset="max-gp", weight=maxgp_lambda, return_details=True
-    )
+    adv = lambda x: D(x, labels)["adv_output"]  # noqa: E731
+    ours, det = run_readme_call("cal_maxgrad_penalty(", adv=adv, real=real, fake=fake, maxgp_lambda=maxgp_lambda)
     theirs = maxgp_lambda * theirs_studiogan_gp(D, real, fake, labels, det.alpha, 0.0, "max")
     assert_same_step(D, ours, theirs)
 
@@ -107,9 +131,8 @@ def test_studiogan_cal_dra_penalty():
     """x̂ = real + α · 0.5 · std(real) · u, with std over the whole batch and u ~ U[0, 1) elementwise."""
     D, (real, _, labels) = DictCritic().double(), batch()
     dra_lambda = 10.0
-    ours, det = fastgp.gradient_penalty(
-        lambda x: D(x, labels)["adv_output"], real, preset="dragan", return_details=True
-    )
+    adv = lambda x: D(x, labels)["adv_output"]  # noqa: E731
+    ours, det = run_readme_call("cal_dra_penalty(", adv=adv, real=real, dra_lambda=dra_lambda)
     # Their perturbation, recovered from the points: it must be 0.5 · std(real) · u with u in [0, 1).
     u = (det.x_hat - real) / (det.alpha.view(-1, 1, 1, 1) * 0.5 * real.std())
     assert ((u >= 0) & (u < 1)).all() and u.std() > 0.1
@@ -122,7 +145,8 @@ def test_studiogan_cal_r1_reg():
     """½ · mean_i Σ g² inside cal_r1_reg, r1_lambda outside it: weight = r1_lambda / 2."""
     D, (real, _, labels) = DictCritic().double(), batch()
     r1_lambda = 3.0
-    ours = fastgp.gradient_penalty(lambda x: D(x, labels)["adv_output"], real, preset="r1", weight=r1_lambda / 2)
+    adv = lambda x: D(x, labels)["adv_output"]  # noqa: E731
+    ours, _ = run_readme_call("cal_r1_reg(", adv=adv, real=real, r1_lambda=r1_lambda)
     x = real.clone().requires_grad_(True)
     g = input_grad_of(D(x, labels)["adv_output"], x)
     assert_same_step(D, ours, r1_lambda * (0.5 * g.pow(2).sum(1).mean(0)))
@@ -131,9 +155,8 @@ def test_studiogan_cal_r1_reg():
 def test_squeezed_critic_at_batch_size_one():
     """StudioGAN's torch.squeeze makes the scores 0-d for a single sample: accepted when B == 1."""
     D, (real, fake, labels) = DictCritic().double(), batch(1)
-    ours, det = fastgp.gradient_penalty(
-        lambda x: D(x, labels)["adv_output"], real, fake, preset="wgan-gp", return_details=True
-    )
+    adv = lambda x: D(x, labels)["adv_output"]  # noqa: E731
+    ours, det = run_readme_call("cal_grad_penalty(", adv=adv, real=real, fake=fake, gp_lambda=10.0)
     assert det.scores.shape == (1,)
     theirs = 10.0 * theirs_studiogan_gp(D, real, fake, labels, det.alpha, 1.0, "mean")
     assert_same_step(D, ours, theirs)
@@ -152,13 +175,10 @@ def theirs_gan_stability_grad2(D, x: Tensor, y: Tensor) -> Tensor:
 
 @pytest.mark.parametrize("reg_type", ["real", "fake"])
 def test_gan_stability_r1_r2(reg_type):
-    D, (real, fake, y) = LabelledCritic().double(), batch()
+    D, (x_real, x_fake, y) = LabelledCritic().double(), batch()
     reg_param = 10.0
-    if reg_type == "real":
-        ours = fastgp.gradient_penalty(D, real, preset="r1", weight=reg_param, d_args=(y,))
-    else:
-        ours = fastgp.gradient_penalty(D, None, fake, preset="r2", weight=reg_param, d_args=(y,))
-    theirs = reg_param * theirs_gan_stability_grad2(D, real if reg_type == "real" else fake, y).mean()
+    ours, _ = run_readme_call(f"`{reg_type}`:", D=D, x_real=x_real, x_fake=x_fake, y=y, reg_param=reg_param)
+    theirs = reg_param * theirs_gan_stability_grad2(D, x_real if reg_type == "real" else x_fake, y).mean()
     assert_same_step(D, ours, theirs)
 
 
@@ -167,10 +187,7 @@ def test_gan_stability_wgangp(reg_type, center):
     """wgan_gp_reg puts its interpolation weight ε on the fake image: (1 - ε) x_real + ε x_fake."""
     D, (x_real, x_fake, y) = LabelledCritic().double(), batch()
     reg_param = 10.0
-    preset = "wgan-gp" if reg_type == "wgangp" else "0-gp"
-    ours, det = fastgp.gradient_penalty(
-        D, x_fake, x_real, preset=preset, weight=reg_param, d_args=(y,), return_details=True
-    )
+    ours, det = run_readme_call(f"`{reg_type}`:", D=D, x_real=x_real, x_fake=x_fake, y=y, reg_param=reg_param)
     eps = det.alpha.view(-1, 1, 1, 1)
     x_interp = (1 - eps) * x_real + eps * x_fake
     theirs = reg_param * (theirs_gan_stability_grad2(D, x_interp, y).sqrt() - center).pow(2).mean()
@@ -181,25 +198,26 @@ def test_gan_stability_wgangp(reg_type, center):
 
 
 def test_stylegan_lazy_r1():
-    """The Dreg phase: mean_i (γ/2) Σ g² times gain = the interval (16), plus the logits times zero, and
-    its own Adam with lr · c, betas ** c, c = 16 / 17."""
-    D, (real, _, c) = LabelledCritic().double(), batch()
+    """The Dreg phase: mean_i (γ/2) Σ g² times gain = the interval (16), plus the logits times zero, with
+    D's Adam at lr · c and betas ** c, c = 16 / 17. The fastgp side is the README's code block, run."""
+    D, (real_img, _, real_c) = LabelledCritic().double(), batch()
     r1_gamma, interval, lr, betas = 10.0, 16, 0.0025, (0.0, 0.99)
-    lazy = fastgp.LazyRegularizer(every=interval)
-    penalty, det = fastgp.gradient_penalty(D, real, preset="r1", weight=r1_gamma / 2, d_args=(c,), return_details=True)
-    ours = lazy(penalty + 0 * det.scores.sum())
+    block = re.search(r"\*\*NVlabs.*?```python\n(.*?)```", coming_from(), re.S).group(1)
+    names = dict(fastgp=fastgp, torch=torch, D=D, real_img=real_img, real_c=real_c, r1_gamma=r1_gamma)
+    exec(block, {**names, "lr": lr, "betas": betas, "batch_idx": 0})
+    ours = [p.grad.clone() for p in D.parameters()]
 
-    x = real.detach().requires_grad_(True)
-    logits = D(x, c)
+    x = real_img.detach().requires_grad_(True)
+    logits = D(x, real_c)
     r1_penalty = input_grad_of(logits, x).square().sum(1)
     # (B, 1) + (B,) broadcasts to (B, B) there; its mean is still the mean over the samples.
     theirs = (logits * 0 + r1_penalty * (r1_gamma / 2)).mean().mul(interval)
-    assert_same_step(D, ours, theirs)
+    for a, b in zip(ours, param_grads(D, theirs), strict=True):
+        torch.testing.assert_close(a, b, **TOL)
 
-    mb_ratio = interval / (interval + 1)
-    got_lr, got_betas = lazy.adam_hparams(lr, betas)
-    assert got_lr == lr * mb_ratio and got_betas == tuple(beta**mb_ratio for beta in betas)
-    assert [lazy.due(i) for i in range(33)].count(True) == 3  # batch_idx % interval == 0
+    lazy, mb_ratio = fastgp.LazyRegularizer(every=interval), interval / (interval + 1)
+    assert lazy.adam_hparams(lr, betas) == (lr * mb_ratio, tuple(beta**mb_ratio for beta in betas))
+    assert [lazy.due(i) for i in range(33)].count(True) == 3  # their batch_idx % interval == 0
 
 
 # --- GN-GAN (basiclab/GNGAN-PyTorch, models/gradnorm.py) -----------------------------------------------
@@ -224,7 +242,8 @@ def test_gn_gan_normalize_gradient():
     net_D, (real, fake, y) = KwargCritic().double(), batch()
     x = torch.cat([real, fake])
     y = torch.cat([y, y])
-    ours = fastgp.normalized(net_D)(x.clone(), y=y)
+    call = re.search(r"`(fastgp\.normalized\(net_D\)\(x, y=y\))`", coming_from()).group(1)
+    ours = eval(call, {"fastgp": fastgp, "net_D": net_D, "x": x.clone(), "y": y})
     theirs = theirs_normalize_gradient(net_D, x.clone(), y=y)
     assert ours.shape == theirs.shape == (10, 1)
     # GN-GAN's D step: hinge loss on the normalised scores.
