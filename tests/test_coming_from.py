@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 import fastgp
+from fastgp.cli._args import threads
 
 TOL = {"rtol": 1e-12, "atol": 1e-14}
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -47,10 +48,8 @@ def run_readme_call(key: str, **names: Any) -> tuple[Tensor, Any]:
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with threads(1):  # small ops on a shared machine: OpenMP threads cost more than they give
+        yield
 
 
 class LabelledCritic(nn.Module):

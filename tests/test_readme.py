@@ -6,7 +6,7 @@ import math
 import re
 from pathlib import Path
 
-import torch
+from fastgp.cli._args import threads
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -17,13 +17,9 @@ def test_quick_start_training_step_runs(capsys) -> None:
     assert "n_critic" in code and "opt_d.step()" in code and "opt_g.step()" in code
     short = code.replace("for step in range(300):", "for step in range(2):")
     assert short != code, "the loop's header changed: update this test"
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        names: dict = {"__name__": "readme"}
+    names: dict = {"__name__": "readme"}
+    with threads(1):
         exec(compile(short, "README.md", "exec"), names)
-    finally:
-        torch.set_num_threads(before)
     assert math.isfinite(names["gp"].item()) and names["gp"].item() >= 0
     assert all(p.grad is not None for p in names["D"].parameters())
     assert capsys.readouterr().out.startswith("step 0: D loss ")

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 import fastgp
-from fastgp.cli._args import non_negative_float, positive_int, threads
+from fastgp.cli._args import Profiles, non_negative_float, positive_int, threads
 from fastgp.toy import ACTIVATIONS, Critic, swiss_roll_classes
 
 
@@ -67,8 +67,9 @@ TEST_PER_CLASS = 1000
 # ~400 Adam steps before they beat chance: at 150 steps (an earlier quick profile) the least-squares rows sat
 # at 30-40% accuracy with negative margins. On batches of 64 per class, 400 steps reach 60-80% accuracy, as
 # the defaults do, in about a third of the time.
-DEFAULT_PROFILE = {"steps": 1000, "seeds": 2, "batch_size": 256}
-QUICK_PROFILE = {"steps": 400, "seeds": 1, "batch_size": 64}
+PROFILES = Profiles(
+    default={"steps": 1000, "seeds": 2, "batch_size": 256}, quick={"steps": 400, "seeds": 1, "batch_size": 64}
+)
 
 
 def train_classifier(
@@ -132,23 +133,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="expected L1/L2/Linf margins of gradient-penalised swiss-roll classifiers (max-margin paper, Table 1)",
         description=__doc__.splitlines()[0],
     )
-    d, q = DEFAULT_PROFILE, QUICK_PROFILE
-    p.add_argument(
-        "--steps", type=positive_int, default=None, help=f"Adam steps (default {d['steps']}, --quick {q['steps']})"
-    )
-    p.add_argument(
-        "--seeds",
-        type=positive_int,
-        default=None,
-        help=f"seeds averaged per row (default {d['seeds']}, --quick {q['seeds']})",
-    )
+    PROFILES.add(p, "--steps", positive_int, "Adam steps")
+    PROFILES.add(p, "--seeds", positive_int, "seeds averaged per row")
     p.add_argument("--weight", type=non_negative_float, default=10.0, help="penalty weight λ (default 10)")
-    p.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=None,
-        help=f"points per class per step (default {d['batch_size']}, --quick {q['batch_size']})",
-    )
+    PROFILES.add(p, "--batch-size", positive_int, "points per class per step")
     p.add_argument("--width", type=positive_int, default=64, help="hidden units of the 3-layer MLP (default 64)")
     p.add_argument(
         "--activation",
@@ -172,9 +160,8 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of `fastgp margins`."""
     from tqdm.auto import tqdm
 
-    profile = QUICK_PROFILE if args.quick else DEFAULT_PROFILE
-    steps, n_seeds = args.steps or profile["steps"], args.seeds or profile["seeds"]
-    args.batch_size = args.batch_size or profile["batch_size"]
+    chosen = PROFILES.resolve(args)
+    steps, n_seeds, args.batch_size = chosen["steps"], chosen["seeds"], chosen["batch_size"]
     args.out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(SETTINGS) * n_seeds * steps, disable=args.no_progress, unit="step", mininterval=0.5)
     with threads(1):
