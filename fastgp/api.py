@@ -121,7 +121,8 @@ def gradient_penalty(
     Gulrajani et al. 2017; the L1/L∞ norms and the hinge are Jolicoeur-Martineau & Mitliagkas.
     `preset` fills in the settings of a named penalty (``fastgp.presets``); an argument given
     explicitly overrides it. ``D(x̂, *d_args, **d_kwargs)`` may return ``(B,)``, ``(B, 1)`` or
-    ``(B, *T)`` (patch critics: ``f_i`` is the sum over ``T``). With a ``GradScaler`` the input
+    ``(B, *T)`` (patch critics: ``f_i`` is the sum over ``T``), or a 0-d score when B = 1 (a critic
+    ending in ``torch.squeeze``). With a ``GradScaler`` the input
     gradient is taken of the scaled scores and unscaled before the norm. A `fake` passed to points
     that do not use it (``real``, ``dragan``: R1, DRAGAN) is ignored with a warning. Returns the
     scalar penalty (float32; float64 for float64), or ``(penalty, PenaltyDetails)``.

@@ -303,7 +303,7 @@ def write_figure(result: RunResult, path: Path) -> None:
         ax.set_xlabel(f"generator step ({s.n_critic} critic steps each)", fontsize=8)
     fig.suptitle(
         f"fastgp demo: {s.data}, {s.steps} generator steps, seed {s.seed}, "
-        f"{m['ms_per_step']:.1f} ms/step on {s.device}",
+        f"{m['ms_per_step']:.1f} ms per generator step on {s.device}",
         fontsize=11,
     )
     fig.tight_layout()
