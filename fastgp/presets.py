@@ -9,7 +9,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Preset:
-    """One row of SPEC.md §3's preset table; `as_kwargs()` gives `gradient_penalty` arguments."""
+    """One named setting of `gradient_penalty`'s arguments (SPEC.md §3's preset table, and max-gp);
+    `as_kwargs()` gives them. `reduction` is the batch reduction, ``max`` for max-GP only."""
 
     points: str
     norm: str
