@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -18,7 +18,8 @@ class Preset:
     center: float
     weight: float
     source: str
-    reduction: str = "mean"
+    # Keyword-only, so that later fields can be given by position whatever their order.
+    reduction: str = field(default="mean", kw_only=True)
 
     def as_kwargs(self) -> dict[str, Any]:
         kwargs = asdict(self)
