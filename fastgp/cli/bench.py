@@ -108,9 +108,10 @@ def run(args: argparse.Namespace) -> int:
             quick=args.quick,
         )
     lines = bench.format_table(results).splitlines()
-    if not results["environment"].get("git_commit"):
-        # Said under the header, whose "fastgp <version> (?)" it explains.
-        lines.insert(len(bench.header_lines(results)), "(?): fastgp's git commit is unknown (not a git checkout)")
+    # The header prints fastgp's version with its git commit, or "(?)" without one: say so beneath it.
+    unknown = [i for i, line in enumerate(lines) if "fastgp" in line and "(?)" in line]
+    if unknown:
+        lines.insert(unknown[0] + 1, "(?): fastgp's git commit is unknown (it does not run from a git checkout)")
     print("\n".join(lines))
     stem = bench.output_stem(results)
     json_path = bench.write_json(results, args.out / f"{stem}.json")
