@@ -119,22 +119,24 @@ def gradient_penalty(
     mean or max, ``h`` the constraint (``ls`` ``(n-c)²``, ``hinge`` ``max(0, n-c)``,
     ``squared_hinge`` ``max(0, n-c)²``) and ``x̂`` from `points` (SPEC.md §2). WGAN-GP is
     Gulrajani et al. 2017; the L1/L∞ norms and the hinge are Jolicoeur-Martineau & Mitliagkas.
+    A `fake` passed to points that do not use it (``real``, ``dragan``: R1, DRAGAN) is ignored with
+    a warning. Besides the shapes below, D may return a 0-d score when B = 1 (a critic ending in
+    ``torch.squeeze``).
     `preset` fills in the settings of a named penalty (``fastgp.presets``); an argument given
     explicitly overrides it. ``D(x̂, *d_args, **d_kwargs)`` may return ``(B,)``, ``(B, 1)`` or
-    ``(B, *T)`` (patch critics: ``f_i`` is the sum over ``T``), or a 0-d score when B = 1 (a critic
-    ending in ``torch.squeeze``). With a ``GradScaler`` the input
-    gradient is taken of the scaled scores and unscaled before the norm. A `fake` passed to points
-    that do not use it (``real``, ``dragan``: R1, DRAGAN) is ignored with a warning. Returns the
-    scalar penalty (float32; float64 for float64), or ``(penalty, PenaltyDetails)``.
+    ``(B, *T)`` (patch critics: ``f_i`` is the sum over ``T``). With a ``GradScaler`` the input
+    gradient is taken of the scaled scores and unscaled before the norm. Returns the scalar
+    penalty (float32; float64 for float64), or ``(penalty, PenaltyDetails)``.
     """
     s = _settings(
         preset, points=points, norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction
     )
     validation.callable_("D", D)
     pts = s["points"]
+    reduction = s["reduction"]
     own = isinstance(pts, Tensor)
     device = validation.tensor("points", pts).device if own else validation.points(pts, real, fake)
-    ps = _penalty_settings(s["norm"], s["constraint"], s["center"], s["weight"], s["reduction"], output_weight)
+    ps = _penalty_settings(s["norm"], s["constraint"], s["center"], s["weight"], reduction, output_weight)
     validation.seed(seed)
     args, kwargs = validation.d_args(d_args, d_kwargs)
     validation.scaler(scaler)
