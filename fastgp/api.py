@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +30,7 @@ class _Default:
 
 
 _POINTS, _NORM, _CONSTRAINT = _Default("interpolate"), _Default("l2"), _Default("ls")
-_CENTER, _WEIGHT = _Default(1.0), _Default(10.0)
+_CENTER, _WEIGHT, _REDUCTION = _Default(1.0), _Default(10.0), _Default("mean")
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ def gradient_penalty(
     center: float = _CENTER,
     weight: float = _WEIGHT,
     output_weight: float = 0.0,
-    reduction: str = "mean",
+    reduction: str = _REDUCTION,
     seed: int | None = None,
     d_args: tuple = (),
     d_kwargs: dict[str, Any] | None = None,
@@ -149,15 +151,21 @@ def gradient_penalty(
     mean or max, ``h`` the constraint (``ls`` ``(n-c)²``, ``hinge`` ``max(0, n-c)``,
     ``squared_hinge`` ``max(0, n-c)²``) and ``x̂`` from `points` (SPEC.md §2). WGAN-GP is
     Gulrajani et al. 2017; the L1/L∞ norms and the hinge are Jolicoeur-Martineau & Mitliagkas.
+    A `fake` passed to points that do not use it (``real``, ``dragan``: R1, DRAGAN) is ignored with
+    a warning. Besides the shapes below, D may return a 0-d score when B = 1 (a critic ending in
+    ``torch.squeeze``).
     `preset` fills in the settings of a named penalty (``fastgp.presets``); an argument given
     explicitly overrides it. ``D(x̂, *d_args, **d_kwargs)`` may return ``(B,)``, ``(B, 1)`` or
     ``(B, *T)`` (patch critics: ``f_i`` is the sum over ``T``). With a ``GradScaler`` the input
     gradient is taken of the scaled scores and unscaled before the norm. Returns the scalar
     penalty (float32; float64 for float64), or ``(penalty, PenaltyDetails)``.
     """
-    s = _settings(preset, points=points, norm=norm, constraint=constraint, center=center, weight=weight)
+    s = _settings(
+        preset, points=points, norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction
+    )
     validation.callable_("D", D)
     pts = s["points"]
+    reduction = s["reduction"]
     own = isinstance(pts, Tensor)
     device = validation.tensor("points", pts).device if own else validation.points(pts, real, fake)
     sample = pts if own else real if real is not None else fake
@@ -167,6 +175,15 @@ def gradient_penalty(
     validation.scaler(scaler)
     validation.choice("backend", backend, _BACKEND_NAMES)
     validation.grad_enabled("gradient_penalty")
+    if fake is not None and not own and pts in ("real", "dragan"):
+        # Warnings show once per calling line by default: once per training loop, not once per step.
+        named = f"preset={preset!r} (points={pts!r})" if preset is not None else f"points={pts!r}"
+        warnings.warn(
+            f"fastgp.gradient_penalty: {named} builds its points from real alone, so the fake batch you passed "
+            "is ignored. Pass fake=None to silence this.",
+            UserWarning,
+            stacklevel=2,
+        )
     ops = backends.select(backend, device)
 
     x_hat, alpha = (pts, None) if own else ops.interpolate(real, fake, pts, seed)
@@ -275,11 +292,14 @@ def normalize(scores: Tensor, grad: Tensor, *, mode: str = "gn", norm: str = "l2
 
 
 class normalized(nn.Module):
-    """Wrap a critic so that ``forward(x, *a, **k)`` returns its normalised scores ``f̂`` (B,).
+    """Wrap a critic so that ``forward(x, *a, **k)`` returns its normalised scores ``f̂``, a drop-in for D.
 
     GN-GAN (Wu et al. 2021) / PGN (Xia): ``f̂ = u / (‖g'‖ + |u|)`` with ``f`` and ``g = ∂f/∂x``
-    from one forward of D (see `normalize`). Under ``torch.no_grad()`` it still differentiates D
-    (GN needs ∇f) and returns detached values, for evaluation.
+    from one forward of D (see `normalize`). ``f̂`` has D's own output shape when D returns one score
+    per sample ((B,), (B, 1), or 0-d for B = 1), else (B,) (a patch critic's ``f_i`` is the sum of its
+    outputs). ``state_dict()`` and ``load_state_dict()`` use D's own keys, so a checkpoint of D loads
+    into ``normalized(D)`` and back. Under ``torch.no_grad()`` it still differentiates D (GN needs ∇f)
+    and returns detached values, for evaluation.
     """
 
     def __init__(
@@ -295,10 +315,61 @@ class normalized(nn.Module):
         if torch.is_inference_mode_enabled():
             raise ValueError("normalized(D) differentiates D and cannot run under torch.inference_mode()")
         differentiable = torch.is_grad_enabled()
-        with torch.enable_grad():
-            scores, grad = _differentiate(self.D, x, d_args, d_kwargs, create_graph=differentiable)
+        shapes: list[torch.Size] = []
+        with torch.enable_grad(), _recording_output_shape(self.D, shapes) as D:
+            scores, grad = _differentiate(D, x, d_args, d_kwargs, create_graph=differentiable)
             out = normalize(scores, grad, mode=self.mode, norm=self.norm, backend=self.backend)
+        if shapes and shapes[0].numel() == out.numel():
+            out = out.reshape(shapes[0])
         return out if differentiable else out.detach()
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """D's own state dict, keys unprefixed (also when this module sits inside another)."""
+        if isinstance(self.D, nn.Module):
+            return self.D.state_dict(*args, **kwargs)
+        return super().state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Any, *args: Any, **kwargs: Any) -> Any:
+        """Loads D's own state dict into D (error messages name D's keys)."""
+        if isinstance(self.D, nn.Module):
+            return self.D.load_state_dict(state_dict, *args, **kwargs)
+        return super().load_state_dict(state_dict, *args, **kwargs)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Inside another module, whose load_state_dict recurses into this one: D's keys arrive without the
+        # "D." of this module's attribute name. Put it back so that the recursion into D, next, finds them.
+        if isinstance(self.D, nn.Module):
+            for key in [k for k in state_dict if k.startswith(prefix)]:
+                state_dict[f"{prefix}D.{key[len(prefix) :]}"] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, norm={self.norm!r}"
+
+
+@contextmanager
+def _recording_output_shape(D: Callable[..., Any], shapes: list[torch.Size]) -> Iterator[Callable[..., Any]]:
+    """Yields a critic that calls D and appends the shape of D's output to `shapes`.
+
+    A module keeps its identity (a forward hook records the shape), so the checks on D, such as its
+    BatchNorm warning, still see the module.
+    """
+
+    def record(output: Any) -> None:
+        if isinstance(output, Tensor):
+            shapes.append(output.shape)
+
+    if isinstance(D, nn.Module):
+        handle = D.register_forward_hook(lambda _module, _args, output: record(output))
+        try:
+            yield D
+        finally:
+            handle.remove()
+        return
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        output = D(*args, **kwargs)
+        record(output)
+        return output
+
+    yield recorded

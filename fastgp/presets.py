@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 
 @dataclass(frozen=True)
 class Preset:
-    """One row of SPEC.md §3's preset table; `as_kwargs()` gives `gradient_penalty` arguments."""
+    """One named setting of `gradient_penalty`'s arguments (SPEC.md §3's preset table, and max-gp);
+    `as_kwargs()` gives them. `reduction` is the batch reduction, ``max`` for max-GP only."""
 
     points: str
     norm: str
@@ -17,6 +18,8 @@ class Preset:
     center: float
     weight: float
     source: str
+    # Keyword-only, so that later fields can be given by position whatever their order.
+    reduction: str = field(default="mean", kw_only=True)
 
     def as_kwargs(self) -> dict[str, Any]:
         kwargs = asdict(self)
@@ -33,5 +36,8 @@ presets: MappingProxyType[str, Preset] = MappingProxyType(
         "lp": Preset("interpolate", "l2", "squared_hinge", 1.0, 10.0, "Petzka et al. 2018"),
         "dragan": Preset("dragan", "l2", "ls", 1.0, 10.0, "Kodali et al. 2017"),
         "max-margin": Preset("interpolate", "linf", "hinge", 1.0, 20.0, "Jolicoeur-Martineau & Mitliagkas, Table 2"),
+        # Lipschitz GANs' MaxGP, λ · max_i ‖∇f(x̂_i)‖²: λ = 0.1 is the default of the authors' code for the
+        # paper's CIFAR-10 runs (they sweep 0.01-10); StudioGAN's LGAN configs use 10.
+        "max-gp": Preset("interpolate", "l2", "ls", 0.0, 0.1, "Zhou et al. 2019 (Lipschitz GANs)", reduction="max"),
     }
 )

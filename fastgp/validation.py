@@ -143,11 +143,17 @@ def scaler(value: object) -> None:
 
 
 def d_output(out: object, batch: int) -> Tensor:
-    """D's output must be a floating tensor of shape (B,), (B, 1) or (B, *T) that depends on x̂."""
+    """D's output must be a floating tensor of shape (B,), (B, 1) or (B, *T) that depends on x̂.
+
+    A 0-d output is accepted when B == 1, as a critic that ends in ``torch.squeeze`` returns for a
+    single sample; it is returned as shape (1,).
+    """
     if not isinstance(out, Tensor):
         raise TypeError(f"D must return a torch.Tensor of scores, got {type(out).__name__}")
     if not out.is_floating_point():
         raise TypeError(f"D's output must be floating point, got {out.dtype}")
+    if out.dim() == 0 and batch == 1:
+        out = out.reshape(1)
     if out.dim() == 0 or out.shape[0] != batch:
         raise ValueError(
             f"D's output must have the batch size {batch} as its first dimension, got shape {tuple(out.shape)}"

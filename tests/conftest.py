@@ -1,5 +1,6 @@
 import os
 import random
+from collections import Counter
 
 import pytest
 import torch
@@ -17,3 +18,18 @@ def fresh_seed() -> int:
     torch.manual_seed(seed)
     print(f"FASTGP_TEST_SEED={seed}")
     return seed
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line saying why tests were skipped (``-q`` alone only counts them), e.g. on a machine without a GPU."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if skipped:
+        counts = Counter(_skip_reason(report) for report in skipped)
+        reasons = "; ".join(f"{reason} ({n})" for reason, n in counts.most_common())
+        terminalreporter.write_line(f"{len(skipped)} skipped: {reasons}", yellow=True)

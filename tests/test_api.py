@@ -104,20 +104,30 @@ def test_gradgradcheck_normalized_into_generator(mode):
 def test_preset_and_explicit_overrides():
     D = mlp()
     real, fake = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
-    r1 = fastgp.gradient_penalty(D, real, fake, preset="r1")
+    r1 = fastgp.gradient_penalty(D, real, preset="r1")
     # weight=10.0 equals the signature's default but was given explicitly: it wins over r1's 5.
-    r1_w10 = fastgp.gradient_penalty(D, real, fake, preset="r1", weight=10.0)
+    r1_w10 = fastgp.gradient_penalty(D, real, preset="r1", weight=10.0)
     torch.testing.assert_close(r1_w10, 2 * r1)
     for name, preset in fastgp.presets.items():
-        P, det = fastgp.gradient_penalty(D, real, fake, preset=name, seed=1, return_details=True)
+        uses_fake = preset.points in ("interpolate", "fake")
+        P, det = fastgp.gradient_penalty(D, real, fake if uses_fake else None, preset=name, seed=1, return_details=True)
         want, _ = R.penalty_from_grad(
-            det.grad, norm=preset.norm, constraint=preset.constraint, center=preset.center, weight=preset.weight
+            det.grad,
+            norm=preset.norm,
+            constraint=preset.constraint,
+            center=preset.center,
+            weight=preset.weight,
+            reduction=preset.reduction,
         )
         torch.testing.assert_close(P, want, rtol=1e-12, atol=0)
         assert (det.alpha is None) == (preset.points in ("real", "fake"))
     assert fastgp.presets["max-margin"].as_kwargs() == dict(
-        points="interpolate", norm="linf", constraint="hinge", center=1.0, weight=20.0
+        points="interpolate", norm="linf", constraint="hinge", center=1.0, weight=20.0, reduction="mean"
     )
+    # reduction is a preset field like the others: max-gp's "max" applies unless given explicitly.
+    mean_gp = fastgp.gradient_penalty(D, real, fake, preset="max-gp", reduction="mean", seed=2)
+    max_gp = fastgp.gradient_penalty(D, real, fake, preset="max-gp", seed=2)
+    assert max_gp > mean_gp
 
 
 def test_default_settings_are_wgan_gp():
@@ -200,9 +210,10 @@ def test_normalize_and_normalized_module():
         f_hat = fastgp.normalize(scores, grad, mode=mode, norm="l1")
         torch.testing.assert_close(f_hat, R.normalize(scores, grad, mode, "l1"))
         wrapped = fastgp.normalized(D, mode=mode, norm="l1")
-        torch.testing.assert_close(wrapped(x), f_hat)
+        # D returns (B, 1), and so does its drop-in.
+        torch.testing.assert_close(wrapped(x), f_hat.view_as(D(x)))
         with torch.no_grad():
-            torch.testing.assert_close(wrapped(x), f_hat.detach())
+            torch.testing.assert_close(wrapped(x), f_hat.detach().view_as(D(x)))
     assert "mode='gn'" in repr(fastgp.normalized(D))
     # Xia's Theorem 6 variant is GN on 1 - f with the same gradient norm.
     v = fastgp.normalize(1 - scores, grad, mode="gn")

@@ -71,3 +71,13 @@ def test_bad_arguments_are_argparse_errors(argv: list[str], message: str, tmp_pa
         main(["demo", "--out", str(tmp_path), *argv])
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_help_states_each_default_once(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and text.count("(default 1000, --quick 400)") == 1
+    assert "--seed SEED seeds the weights, the data and the noise" in text
+    assert "wgan for wgan-gp and lp" in text  # --loss's default, generated from the table the demo uses

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -29,6 +31,25 @@ def non_negative_float(text: str) -> float:
     if not (value >= 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
+
+
+@dataclass(frozen=True)
+class Profiles:
+    """A command's settings whose defaults depend on --quick: the full run's values and the quick run's."""
+
+    default: Mapping[str, float]
+    quick: Mapping[str, float]
+
+    def add(self, parser: argparse.ArgumentParser, flag: str, kind: Callable[[str], Any], what: str) -> None:
+        """An option for one profiled setting, its help saying both defaults."""
+        key = flag.lstrip("-").replace("-", "_")
+        help_ = f"{what} (default {self.default[key]:g}, --quick {self.quick[key]:g})"
+        parser.add_argument(flag, type=kind, default=None, help=help_)
+
+    def resolve(self, args: argparse.Namespace) -> dict[str, Any]:
+        """Each profiled setting: the value given on the command line, else the (quick) profile's."""
+        profile = self.quick if args.quick else self.default
+        return {key: value if getattr(args, key) is None else getattr(args, key) for key, value in profile.items()}
 
 
 @contextmanager

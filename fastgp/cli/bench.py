@@ -20,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="speed of every backend side by side",
         description="Time fastgp's backends against eager PyTorch and torch.compile on the penalty head, the "
         "interpolation, GN/PGN, a whole WGAN-GP discriminator step and R1 with a shared forward. Every provider "
-        "is checked against eager before it is timed. Prints a table and writes a JSON and a PNG into --out.",
+        "is checked against eager before it is timed. Prints a table and writes a JSON and a PNG into --out. "
+        "The header names the device, the versions (fastgp's with its git commit, '?' when fastgp does not run "
+        "from a git checkout) and the date.",
     )
     parser.add_argument(
         "--quick", action="store_true", help="a tiny CPU set that runs in under a minute (no torch.compile)"
@@ -37,8 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("benchmarks/results"),
-        help="folder for the JSON and PNG (default: benchmarks/results)",
+        default=Path("fastgp-bench"),
+        help="folder for the JSON and PNG (default: ./fastgp-bench)",
     )
     parser.add_argument(
         "--compile",
@@ -105,7 +107,12 @@ def run(args: argparse.Namespace) -> int:
             progress=_progress,
             quick=args.quick,
         )
-    print(bench.format_table(results))
+    lines = bench.format_table(results).splitlines()
+    # The header prints fastgp's version with its git commit, or "(?)" without one: say so beneath it.
+    unknown = [i for i, line in enumerate(lines) if "fastgp" in line and "(?)" in line]
+    if unknown:
+        lines.insert(unknown[0] + 1, "(?): fastgp's git commit is unknown (it does not run from a git checkout)")
+    print("\n".join(lines))
     stem = bench.output_stem(results)
     json_path = bench.write_json(results, args.out / f"{stem}.json")
     png_path = bench.plot(results, args.out / f"{stem}.png")

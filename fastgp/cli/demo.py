@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 import fastgp
-from fastgp.cli._args import non_negative_float, positive_float, positive_int, threads
+from fastgp.cli._args import Profiles, non_negative_float, positive_float, positive_int, threads
 from fastgp.toy import DATASETS, Critic, ToyData, make_dataset, mlp
 
 NORMALIZATIONS = ("gn", "pgn")
@@ -37,6 +37,12 @@ PAPER_002_CLAIM = (
 )
 Z_DIM = 8
 EVAL_SAMPLES = 2500
+# Measured on 8 Gaussians with wgan-gp (seed 0): the default covers 8/8 modes from about step 500; the quick
+# profile trades width and batch for a higher learning rate and reaches 8/8 around step 300 of 400.
+PROFILES = Profiles(
+    default={"steps": 1000, "width": 128, "batch_size": 256, "lr": 1e-3},
+    quick={"steps": 400, "width": 64, "batch_size": 128, "lr": 2e-3},
+)
 
 
 @dataclass
@@ -124,7 +130,11 @@ def train(s: Settings, progress: bool = True, desc: str | None = None) -> RunRes
             d_loss = fastgp.losses.d_loss(s.loss, critic(real), critic(fake))
             penalty = torch.zeros((), device=device)
             if not normalizing and s.penalty != "none":
-                penalty = fastgp.gradient_penalty(D, real, fake, preset=s.penalty, backend=s.backend, **overrides)
+                # R1 and DRAGAN are taken at real samples only: fake is passed where the points use it.
+                uses_fake = fastgp.presets[s.penalty].points in ("interpolate", "fake")
+                penalty = fastgp.gradient_penalty(
+                    D, real, fake if uses_fake else None, preset=s.penalty, backend=s.backend, **overrides
+                )
             opt_d.zero_grad(set_to_none=True)
             (d_loss + penalty).backward()
             opt_d.step()
@@ -191,8 +201,9 @@ def evaluate(result: RunResult, elapsed: float) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- figures
 
 
-def _critic_panel(ax: Any, result: RunResult, samples: int = 1000) -> None:
-    """Real vs generated samples over the critic's level sets and gradient field."""
+def _critic_panel(ax: Any, result: RunResult, samples: int = 1000) -> Any:
+    """Real vs generated samples over the critic's level sets and gradient field; returns the filled contours
+    (for a colour bar)."""
     s, data = result.settings, result.data
     device = torch.device(s.device)
     lim = 1.35 * data.scale
@@ -203,7 +214,7 @@ def _critic_panel(ax: Any, result: RunResult, samples: int = 1000) -> None:
     with torch.enable_grad():
         values, grads = fastgp.input_grad(result.critic, grid)
     values = values.detach().cpu().reshape(n, n)
-    ax.contourf(gx, gy, values, levels=20, cmap="coolwarm", alpha=0.55)
+    filled = ax.contourf(gx, gy, values, levels=20, cmap="coolwarm", alpha=0.55)
     ax.contour(gx, gy, values, levels=20, colors="k", linewidths=0.3, alpha=0.4)
     step = 8
     g = grads.detach().cpu().reshape(n, n, 2)[::step, ::step]
@@ -217,65 +228,116 @@ def _critic_panel(ax: Any, result: RunResult, samples: int = 1000) -> None:
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
     ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.tick_params(labelsize=7)
     m = result.metrics
     ax.set_title(
         f"{s.penalty} ({s.loss} loss): {m['modes_covered']}/{m['n_modes']} modes, "
         f"{100 * m['high_quality_share']:.0f}% high quality",
         fontsize=9,
     )
+    return filled
+
+
+def _colour_bar(fig: Any, filled: Any, ax: Any, result: RunResult) -> None:
+    normalised = result.settings.penalty in NORMALIZATIONS
+    bar = fig.colorbar(filled, ax=ax, fraction=0.046, pad=0.03)
+    bar.set_label("critic f̂(x) (normalised)" if normalised else "critic D(x)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+
+
+def _sample_legend(fig: Any) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [
+        Line2D([], [], marker="o", linestyle="", color=color, label=label, markersize=5)
+        for color, label in (("tab:green", "real"), ("tab:orange", "generated"))
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False)
 
 
 def write_figure(result: RunResult, path: Path) -> None:
-    """Samples over the critic, then the loss curves, then the gradient-norm curve."""
+    """The samples over the critic (left); the losses, the penalty, the gradient norm and the modes covered
+    during training (right), each on its own axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5), gridspec_kw={"width_ratios": [1.2, 1, 1]})
-    _critic_panel(axes[0], result)
-    axes[0].legend(loc="lower right", markerscale=4, fontsize=8)
-    h = result.history
-    axes[1].plot(h["step"], h["d_loss"], label="D loss")
-    axes[1].plot(h["step"], h["g_loss"], label="G loss")
-    axes[1].plot(h["step"], h["penalty"], label="penalty")
-    axes[1].set_xlabel("generator step")
-    axes[1].set_title("losses", fontsize=9)
-    axes[1].legend(fontsize=8)
-    axes[2].plot(h["step"], h["grad_norm"], color="tab:purple")
-    axes[2].axhline(1.0, color="0.5", linestyle="--", linewidth=0.8)
-    axes[2].set_xlabel("generator step")
-    axes[2].set_title("mean ‖∇D(x̂)‖₂ at interpolates", fontsize=9)
-    s, m = result.settings, result.metrics
+    s, m, h, t = result.settings, result.metrics, result.history, result.track
+    fig = plt.figure(figsize=(13, 6.2))
+    grid = fig.add_gridspec(2, 3, width_ratios=[1.5, 1, 1])
+    critic = fig.add_subplot(grid[:, 0])
+    _colour_bar(fig, _critic_panel(critic, result), critic, result)
+    critic.legend(loc="lower right", markerscale=4, fontsize=8)
+
+    losses = fig.add_subplot(grid[0, 1])
+    losses.plot(h["step"], h["d_loss"], label="D loss")
+    losses.plot(h["step"], h["g_loss"], label="G loss")
+    losses.set_title("D and G losses", fontsize=9)
+    losses.legend(fontsize=8)
+
+    penalty = fig.add_subplot(grid[0, 2])
+    if s.penalty in NORMALIZATIONS or s.penalty == "none":
+        why = "gradient normalisation: no penalty term" if s.penalty != "none" else "no penalty"
+        penalty.text(0.5, 0.5, why, ha="center", va="center", fontsize=9, transform=penalty.transAxes)
+        penalty.set_xticks([])
+        penalty.set_yticks([])
+    else:
+        penalty.plot(h["step"], h["penalty"], color="tab:green")
+        penalty.set_ylim(bottom=0)
+    penalty.set_title(f"{s.penalty} penalty (λ included)", fontsize=9)
+
+    norm = fig.add_subplot(grid[1, 1])
+    norm.plot(h["step"], h["grad_norm"], color="tab:purple")
+    norm.axhline(1.0, color="0.5", linestyle="--", linewidth=0.8, label="1 (WGAN-GP's target)")
+    norm.set_title("mean ‖∇D(x̂)‖₂ at interpolates", fontsize=9)
+    norm.legend(fontsize=8)
+
+    modes = fig.add_subplot(grid[1, 2])
+    modes.plot(t["step"], t["modes_covered"], color="tab:blue", marker=".")
+    modes.set_ylim(0, m["n_modes"] + 0.5)
+    modes.set_title(f"modes covered (of {m['n_modes']})", fontsize=9)
+    for ax in (losses, penalty, norm, modes):
+        ax.tick_params(labelsize=7)
+    for ax in (norm, modes):
+        ax.set_xlabel(f"generator step ({s.n_critic} critic steps each)", fontsize=8)
     fig.suptitle(
-        f"fastgp demo: {s.data}, {s.steps} steps, seed {s.seed}, {m['ms_per_step']:.1f} ms/step on {s.device}",
+        f"fastgp demo: {s.data}, {s.steps} generator steps, seed {s.seed}, "
+        f"{m['ms_per_step']:.1f} ms per generator step on {s.device}",
         fontsize=11,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
 def write_compare_figure(results: list[RunResult], path: Path) -> None:
-    """One sample panel per penalty, side by side."""
+    """One sample panel per penalty, side by side, each with its critic's colour bar; one legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(4.6 * len(results), 5.0), squeeze=False)
     for ax, result in zip(axes[0], results, strict=True):
-        _critic_panel(ax, result)
+        _colour_bar(fig, _critic_panel(ax, result), ax, result)
     s = results[0].settings
-    fig.suptitle(f"fastgp demo --compare: {s.data}, {s.steps} steps, seed {s.seed}", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.suptitle(f"fastgp demo --compare: {s.data}, {s.steps} generator steps, seed {s.seed}", fontsize=11)
+    _sample_legend(fig)
+    # Room at the top for the title and at the bottom for the legend, so neither overlaps a panel's title.
+    fig.tight_layout(rect=(0, 0.05, 1, 0.94))
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------- command line
+
+
+def _default_losses() -> str:
+    by_loss: dict[str, list[str]] = {}
+    for penalty, loss in DEFAULT_LOSS.items():
+        by_loss.setdefault(loss, []).append(penalty)
+    return ", ".join(f"{loss} for {' and '.join(names)}" for loss, names in by_loss.items()) + ", ns otherwise"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -285,32 +347,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="train a small GAN on a 2-D toy set with a gradient penalty; writes a PNG and metrics",
         description=__doc__.splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data", choices=DATASETS, default="8gaussians", help="built-in 2-D data set")
-    p.add_argument("--penalty", choices=penalties, default="wgan-gp", help="a preset, gn/pgn normalisation, or none")
-    p.add_argument("--loss", choices=fastgp.losses.NAMES, default=None, help="critic loss (default: the penalty's own)")
-    p.add_argument("--norm", choices=("l2", "l1", "linf"), default=None, help="override the preset's norm")
-    p.add_argument("--constraint", choices=("ls", "hinge", "squared_hinge"), default=None, help="override")
-    p.add_argument("--weight", type=non_negative_float, default=None, help="override the preset's λ")
-    p.add_argument("--steps", type=positive_int, default=None, help="generator steps (default 1000, --quick 400)")
-    p.add_argument("--n-critic", type=positive_int, default=5, help="critic steps per generator step")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="default 256, --quick 128")
+    p.add_argument("--data", choices=DATASETS, default="8gaussians", help="built-in 2-D data set (default 8gaussians)")
     p.add_argument(
-        "--width", type=positive_int, default=None, help="MLP width (default 128, --quick 64)"
+        "--penalty",
+        choices=penalties,
+        default="wgan-gp",
+        help="a preset, gn/pgn gradient normalisation, or none (default wgan-gp)",
     )
-    p.add_argument("--lr", type=positive_float, default=None, help="Adam lr of G and D (default 1e-3, --quick 2e-3)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--backend", choices=("auto", *fastgp.backends()), default="auto", help="fastgp backend")
-    p.add_argument("--out", type=Path, default=Path("fastgp-demo"), help="output folder")
+    p.add_argument(
+        "--loss",
+        choices=fastgp.losses.NAMES,
+        default=None,
+        help=f"critic loss (default: the one the penalty was proposed with: {_default_losses()})",
+    )
+    p.add_argument("--norm", choices=("l2", "l1", "linf"), default=None, help="override the preset's norm")
+    p.add_argument(
+        "--constraint", choices=("ls", "hinge", "squared_hinge"), default=None, help="override the preset's constraint"
+    )
+    p.add_argument("--weight", type=non_negative_float, default=None, help="override the preset's λ")
+    PROFILES.add(p, "--steps", positive_int, "generator steps, each after --n-critic critic steps")
+    p.add_argument("--n-critic", type=positive_int, default=5, help="critic steps per generator step (default 5)")
+    PROFILES.add(p, "--batch-size", positive_int, "samples per batch")
+    PROFILES.add(p, "--width", positive_int, "MLP width")
+    PROFILES.add(p, "--lr", positive_float, "Adam lr of G and D")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the weights, the data and the noise; the evaluation samples are fixed per seed (default 0)",
+    )
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda when there is one (default auto)"
+    )
+    p.add_argument(
+        "--backend", choices=("auto", *fastgp.backends()), default="auto", help="fastgp backend (default auto)"
+    )
+    p.add_argument("--out", type=Path, default=Path("fastgp-demo"), help="output folder (default ./fastgp-demo)")
     p.add_argument("--quick", action="store_true", help="a short run (< 20 s on 2 CPU cores)")
     p.add_argument(
         "--compare",
         nargs="*",
         metavar="PENALTY",
         default=None,
-        help=f"train several penalties side by side (default: {' '.join(COMPARE_DEFAULT)})",
+        help=f"train several penalties side by side (with no names: {' '.join(COMPARE_DEFAULT)})",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run, _parser=p, _penalties=penalties)
@@ -320,9 +400,7 @@ def _settings(args: argparse.Namespace, penalty: str) -> Settings:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    profile = QUICK_PROFILE if args.quick else DEFAULT_PROFILE
-    given = {key: getattr(args, key) for key in profile}
-    chosen = {key: profile[key] if value is None else value for key, value in given.items()}
+    chosen = PROFILES.resolve(args)
     loss = args.loss or DEFAULT_LOSS.get(penalty, "ns")
     return Settings(
         data=args.data,
@@ -337,12 +415,6 @@ def _settings(args: argparse.Namespace, penalty: str) -> Settings:
         backend=args.backend,
         **chosen,
     )
-
-
-# Measured on 8 Gaussians with wgan-gp (seed 0): the default covers 8/8 modes from about step 500; the quick
-# profile trades width and batch for a higher learning rate and reaches 8/8 around step 300 of 400.
-DEFAULT_PROFILE = {"steps": 1000, "width": 128, "batch_size": 256, "lr": 1e-3}
-QUICK_PROFILE = {"steps": 400, "width": 64, "batch_size": 128, "lr": 2e-3}
 
 
 def run(args: argparse.Namespace) -> int:
