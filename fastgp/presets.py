@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, dataclass, fields
 from types import MappingProxyType
 from typing import Any
 
 
 @dataclass(frozen=True)
 class Preset:
-    """One row of SPEC.md §3's preset table; `as_kwargs()` gives `gradient_penalty` arguments."""
+    """One row of SPEC.md §3's preset table; `as_kwargs()` gives `gradient_penalty` arguments.
+
+    `method` and `sigma` are set by the approximated R1/R2 presets only (``method="ar"``, noise of
+    standard deviation `sigma`); `as_kwargs()` leaves out the fields that keep their defaults.
+    """
 
     points: str
     norm: str
@@ -17,11 +21,15 @@ class Preset:
     center: float
     weight: float
     source: str
+    method: str = "exact"
+    sigma: float | None = None
 
     def as_kwargs(self) -> dict[str, Any]:
-        kwargs = asdict(self)
-        del kwargs["source"]
-        return kwargs
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "source" and (f.default is MISSING or getattr(self, f.name) != f.default)
+        }
 
 
 presets: MappingProxyType[str, Preset] = MappingProxyType(
@@ -33,5 +41,8 @@ presets: MappingProxyType[str, Preset] = MappingProxyType(
         "lp": Preset("interpolate", "l2", "squared_hinge", 1.0, 10.0, "Petzka et al. 2018"),
         "dragan": Preset("dragan", "l2", "ls", 1.0, 10.0, "Kodali et al. 2017"),
         "max-margin": Preset("interpolate", "linf", "hinge", 1.0, 20.0, "Jolicoeur-Martineau & Mitliagkas, Table 2"),
+        # APT's λ = 100, σ = 0.01 (images): in expectation R1/R2 with weight λσ² = 0.01 (fastgp.first_order).
+        "ar1": Preset("real", "l2", "ls", 0.0, 100.0, "Lin et al. 2025 (APT), approximated R1", "ar", 0.01),
+        "ar2": Preset("fake", "l2", "ls", 0.0, 100.0, "Lin et al. 2025 (APT), approximated R2", "ar", 0.01),
     }
 )

@@ -121,10 +121,17 @@ def train(s: Settings, progress: bool = True, desc: str | None = None) -> RunRes
             real, z = batch()
             with torch.no_grad():
                 fake = G(z)
-            d_loss = fastgp.losses.d_loss(s.loss, critic(real), critic(fake))
+            real_scores, fake_scores = critic(real), critic(fake)
+            d_loss = fastgp.losses.d_loss(s.loss, real_scores, fake_scores)
             penalty = torch.zeros((), device=device)
             if not normalizing and s.penalty != "none":
-                penalty = fastgp.gradient_penalty(D, real, fake, preset=s.penalty, backend=s.backend, **overrides)
+                # The approximated R1/R2 presets reuse the loss's scores at their points: one extra forward of D.
+                preset = fastgp.presets[s.penalty]
+                points = preset.points if preset.method == "ar" else None
+                shared = {"real": real_scores, "fake": fake_scores}.get(points)
+                penalty = fastgp.gradient_penalty(
+                    D, real, fake, preset=s.penalty, backend=s.backend, scores=shared, **overrides
+                )
             opt_d.zero_grad(set_to_none=True)
             (d_loss + penalty).backward()
             opt_d.step()
