@@ -108,7 +108,7 @@ def approximated_penalty(
     # α (interpolate, dragan) is keyed by `seed`: the noise takes the next key so that the two are independent.
     gen = reference._generator(None if seed is None else (seed + 1) % 2**63, x.device)
     noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=acc)
-    noisy = (x.detach().to(acc) + sigma * noise).to(x.dtype)
+    noisy = (x.to(acc) + sigma * noise).to(x.dtype)
     shifted = _per_sample(validation.d_output(D(noisy, *args, **kwargs), x.shape[0]))
     diff = (scores.to(acc) - shifted.to(acc)).unsqueeze(1)
     penalty, _ = ops.penalty_from_grad(diff, scores=scores if settings["output_weight"] else None, **settings)
@@ -284,10 +284,11 @@ def fd_input_grad(
     `fake` requires grad), not tensors passed in `d_args`/`d_kwargs`.
     """
     replay = _Replay(D, x, args, kwargs)
-    x = x if x.requires_grad else x.detach().requires_grad_(True)
-    scores, grad = differentiate(D, x, args, kwargs)
-    training.check_critic(D, x, grad)  # the BatchNorm warning; `grad` has no graph, so no probe
-    params = _parameters(D, scores, x)
+    leaf = x if x.requires_grad else x.detach().requires_grad_(True)
+    scores, grad = differentiate(D, leaf, args, kwargs)
+    training.check_critic(D, leaf, grad)  # the BatchNorm warning; `grad` has no graph, so no probe
+    params = _parameters(D, scores, leaf)
     if os.environ.get(CHECK_ENV_VAR, "1") != "0":
         _check_smooth(D, replay, x, grad, params)
+    # The points themselves, not `leaf`: a gradient for them is computed only when they require one.
     return scores, _FiniteDifferenceHVP.apply(grad, replay, x, *params)

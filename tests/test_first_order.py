@@ -250,16 +250,32 @@ def test_fused_backends_run_both_methods(backend, device):
         assert rel(got, want) < 1e-9
 
 
-def test_the_smoothness_check_runs_once_per_critic():
-    D = mlp().double()
+class _Conditional(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.net = nn.Embedding(3, 6), mlp(nn.SiLU)
+
+    def forward(self, x, y, *, shift=0.0):
+        return self.net(x * self.embed(y) + shift)
+
+
+@pytest.mark.parametrize("wrap", ["module", "fresh lambda"])
+def test_the_smoothness_check_runs_once_per_critic(wrap):
+    """Keyed on the module, or for a plain function on the parameters it reaches: checked once either way."""
+    D = _Conditional().double()
     calls = []
     D.register_forward_hook(lambda *_: calls.append(1))
-    real, fake = torch.randn(4, 6, dtype=F64), torch.randn(4, 6, dtype=F64)
-    fastgp.gradient_penalty(D, real, fake, method="fd").backward()
-    assert len(calls) == 1 + 4 + 2  # the forward, the check at two steps, the backward's two evaluations
-    fastgp.gradient_penalty(D, real, fake, method="fd").backward()
-    assert len(calls) == 7 + 1 + 2
-    assert all(p.grad is not None for p in D.parameters())
+    real, fake, y = torch.randn(4, 6, dtype=F64), torch.randn(4, 6, dtype=F64), torch.tensor([0, 2, 1, 2])
+    ws = []
+    for _ in range(2):
+        critic, args = (D, dict(d_args=(y,), d_kwargs={"shift": 0.5}))
+        if wrap == "fresh lambda":
+            critic, args = (lambda x: D(x, y, shift=0.5)), {}
+        fastgp.gradient_penalty(critic, real, fake, method="fd", seed=1, **args).backward()
+        ws.append(grads(*D.parameters()))
+    assert len(calls) == (1 + 4 + 2) + (1 + 2)  # forward, the check at two steps, the backward's two evaluations
+    _, want, _ = step(D, real, fake, "exact", seed=1, d_args=(y,), d_kwargs={"shift": 0.5})
+    assert rel(ws[0], want) < FD_TOL[F64] and rel(ws[1], want) < FD_TOL[F64]
 
 
 def test_dropout_is_replayed():
@@ -387,13 +403,19 @@ def _gen(seed: int) -> torch.Generator:
 def test_approximated_r1_r2_against_the_formula(preset, points):
     """λ · mean_i (f_i(x_i) − f_i(x_i + σ ξ_i))², ξ from the generator keyed by seed + 1; f_i sums a patch output."""
     D = nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 1, 3)).double()  # (B, 1, 3, 3) patches
-    real, fake = torch.randn(5, 3, 5, 5, dtype=F64), torch.randn(5, 3, 5, 5, dtype=F64)
+    real = torch.randn(5, 3, 5, 5, dtype=F64, requires_grad=True)
+    fake = torch.randn(5, 3, 5, 5, dtype=F64, requires_grad=True)
     x = real if points == "real" else fake
     P, det = fastgp.gradient_penalty(D, real, fake, preset=preset, seed=9, return_details=True)
     xi = torch.randn(x.shape, generator=_gen(10), dtype=F64)
     f, f_noisy = D(x).sum((1, 2, 3)), D(x + 0.01 * xi).sum((1, 2, 3))
-    torch.testing.assert_close(P, 100 * ((f - f_noisy) ** 2).mean(), rtol=1e-12, atol=0)
+    want = 100 * ((f - f_noisy) ** 2).mean()
+    torch.testing.assert_close(P, want, rtol=1e-12, atol=0)
     torch.testing.assert_close(det.scores, f, rtol=1e-12, atol=0)
+    # Both D(x) and D(x + σξ) carry the gradient, into D and into the points (the generator, for ar2).
+    params = [*D.parameters(), x]
+    got, expected = torch.autograd.grad(P, params), torch.autograd.grad(want, params)
+    assert rel(list(got), list(expected)) < 1e-12
     assert det.grad is None and det.norms is None and det.alpha is None and det.x_hat is x
     # Overrides: σ, λ, the max over the batch and the output term.
     Q = fastgp.gradient_penalty(
