@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
-import socket
 
 import pytest
 import torch
 import torch.nn.functional as F
 from test_backends import FUSED
+from test_integration import _OnceSquare, _shards, one_thread, run_on_gloo  # noqa: F401 (one_thread: autouse)
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -26,14 +25,6 @@ F64, F32 = torch.float64, torch.float32
 # 1.3e-4 for the parameters and 1.1e-3 for the points (the attention critic).
 FD_TOL = {F64: 1e-8, F32: 5e-4}
 FD_TOL_POINTS = {F64: 1e-8, F32: 5e-3}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def mlp(act: type[nn.Module] = nn.GELU, d: int = 6) -> nn.Module:
@@ -144,21 +135,6 @@ def test_fd_details_and_shared_scores():
         totals.append(grads(*D.parameters()))
         assert det.grad.shape == real.shape and det.norms.shape == (6,)
     assert rel(totals[1], totals[0]) < FD_TOL[F64]
-
-
-class _OnceSquare(torch.autograd.Function):
-    """A fused op with a first-order backward only."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return 2 * x * grad
 
 
 class _SquareCritic(nn.Module):
@@ -330,49 +306,22 @@ def test_amp_with_a_scaler():
         assert torch.isfinite(fastgp.gradient_penalty(D, real, preset="ar1"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _shards(rank: int, world: int):
-    gen = torch.Generator().manual_seed(1234)
-    real, fake = torch.randn(8, 6, generator=gen, dtype=F64), torch.randn(8, 6, generator=gen, dtype=F64)
-    n = real.shape[0] // world
-    return real, fake, real[rank * n : (rank + 1) * n], fake[rank * n : (rank + 1) * n]
-
-
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
-    import torch.distributed as dist
-
-    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        torch.manual_seed(0)
-        D = mlp().double()
-        ddp = nn.parallel.DistributedDataParallel(D)
-        _, _, real, fake = _shards(rank, world)
-        results = {}
-        for method, preset in (("fd", "wgan-gp"), ("ar", "ar1")):
-            loss = fastgp.losses.d_loss("wgan", ddp(real), ddp(fake))
-            (loss + fastgp.gradient_penalty(ddp, real, fake, preset=preset, method=method, seed=100 + rank)).backward()
-            results[method] = grads(*D.parameters())
-        torch.save(results, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def _ddp_steps(rank: int, world: int) -> dict[str, list[torch.Tensor]]:
+    torch.manual_seed(0)
+    D = mlp().double()
+    ddp = nn.parallel.DistributedDataParallel(D)
+    _, _, real, fake = _shards(rank, world)
+    results = {}
+    for method, preset in (("fd", "wgan-gp"), ("ar", "ar1")):
+        loss = fastgp.losses.d_loss("wgan", ddp(real), ddp(fake))
+        (loss + fastgp.gradient_penalty(ddp, real, fake, preset=preset, method=method, seed=100 + rank)).backward()
+        results[method] = grads(*D.parameters())
+    return results
 
 
 def test_ddp_matches_one_process_on_the_full_batch(tmp_path):
-    import torch.distributed as dist
-    import torch.multiprocessing as mp
-
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
     world = 2
-    mp.spawn(_ddp_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
-
+    ranks = run_on_gloo(_ddp_steps, tmp_path, world)
     torch.manual_seed(0)
     D = mlp().double()
     real, fake, _, _ = _shards(0, world)
@@ -386,8 +335,7 @@ def test_ddp_matches_one_process_on_the_full_batch(tmp_path):
         fastgp.losses.d_loss("wgan", D(real), D(fake)) + 100 * (D(real) - D(real + 0.01 * noise)).square().mean()
     ).backward()
     want["ar"] = grads(*D.parameters())
-    for rank in range(world):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
+    for got in ranks:
         for method, g in want.items():
             assert rel(got[method], g) < 1e-9, method
 
