@@ -20,6 +20,7 @@ import fastgp
 from fastgp import first_order, reference, training
 
 F64, F32 = torch.float64, torch.float32
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # Relative error against the exact double backward of the gradient sent to D's parameters (as one vector), and
 # of the one sent to the points. Measured over 6 seeds of the grid below: at most 3e-9 in float64; in float32
 # 1.3e-4 for the parameters and 1.1e-3 for the points (the attention critic).
@@ -254,14 +255,15 @@ def test_the_smoothness_check_runs_once_per_critic(wrap):
     assert rel(ws[0], want) < FD_TOL[F64] and rel(ws[1], want) < FD_TOL[F64]
 
 
-def test_dropout_is_replayed():
-    D = nn.Sequential(nn.Linear(6, 32), nn.GELU(), nn.Dropout(0.3), nn.Linear(32, 1)).double()
-    real, fake = torch.randn(8, 6, dtype=F64), torch.randn(8, 6, dtype=F64)
+@pytest.mark.parametrize("device", DEVICES)
+def test_dropout_is_replayed(device):
+    D = nn.Sequential(nn.Linear(6, 32), nn.GELU(), nn.Dropout(0.3), nn.Linear(32, 1)).to(device, F64)
+    real, fake = torch.randn(8, 6, dtype=F64, device=device), torch.randn(8, 6, dtype=F64, device=device)
     out = {}
     for method in ("exact", "fd"):
         torch.manual_seed(11)
         out[method] = step(D, real, fake, method, seed=1)[1]
-        out[method + " rng"] = torch.get_rng_state()
+        out[method + " rng"] = torch.get_rng_state() if device == "cpu" else torch.cuda.get_rng_state()
     assert rel(out["fd"], out["exact"]) < FD_TOL[F64]
     assert torch.equal(out["fd rng"], out["exact rng"])  # the replays leave the generator where the forward did
 
@@ -291,18 +293,21 @@ def test_buffers_are_unchanged_by_the_extra_evaluations(kind):
         assert rel(out["fd"], out["exact"]) < FD_TOL[F64]
 
 
-def test_amp_with_a_scaler():
-    """bf16 autocast with a GradScaler: the extra evaluations run in float32, the scaled gradient unscales."""
-    D = mlp(d=16)
-    real, fake = torch.randn(16, 16), torch.randn(16, 16)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+@pytest.mark.parametrize("device,dtype", [("cpu", torch.bfloat16), ("cuda", torch.float16)])
+def test_amp_with_a_scaler(device, dtype):
+    """Autocast with a GradScaler: the extra evaluations run in float32, the scaled gradient unscales."""
+    if device not in DEVICES:
+        pytest.skip("needs a CUDA device")
+    D = mlp(d=16).to(device)
+    real, fake = torch.randn(16, 16, device=device), torch.randn(16, 16, device=device)
+    scaler = torch.amp.GradScaler(device, init_scale=2.0**12)
+    with torch.autocast(device, dtype=dtype):
         P = fastgp.gradient_penalty(D, real, fake, method="fd", scaler=scaler, seed=3)
     scaler.scale(P).backward()
     ours = [g / scaler.get_scale() for g in grads(*D.parameters())]
     _, fp32, _ = step(D, real, fake, "exact", seed=3)
     assert P.dtype == F32 and rel(ours, fp32) < 5e-2
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=dtype):
         assert torch.isfinite(fastgp.gradient_penalty(D, real, preset="ar1"))
 
 
