@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fastgp import backends, reference, training, validation
+from fastgp import backends, first_order, reference, training, validation
 from fastgp.presets import presets
 
 _BACKEND_NAMES = ("auto", *backends.NAMES)
@@ -31,6 +32,7 @@ class _Default:
 
 _POINTS, _NORM, _CONSTRAINT = _Default("interpolate"), _Default("l2"), _Default("ls")
 _CENTER, _WEIGHT, _REDUCTION = _Default(1.0), _Default(10.0), _Default("mean")
+_METHOD, _SIGMA = _Default("exact"), _Default(first_order.APT_SIGMA)
 
 
 @dataclass(frozen=True)
@@ -39,14 +41,15 @@ class PenaltyDetails:
 
     `x_hat` the points, `alpha` the per-sample α (None for real/fake/a tensor), `scores` the
     per-sample scores ``f_i`` (B,), `grad` ``∂f_i/∂x̂_i`` (create_graph=True), `norms` the
-    per-sample norms (float32, float64 for float64).
+    per-sample norms (float32, float64 for float64). With ``method="ar"`` there is no input
+    gradient: `grad` and `norms` are None.
     """
 
     x_hat: Tensor
     alpha: Tensor | None
     scores: Tensor
-    grad: Tensor
-    norms: Tensor
+    grad: Tensor | None
+    norms: Tensor | None
 
 
 def _differentiate(
@@ -86,7 +89,8 @@ def _differentiate(
         # PyTorch's AMP gradient-penalty recipe: differentiate the scaled scores so small fp16
         # gradients do not flush to zero, then unscale before the norm.
         total = scaler.scale(total)
-    (grad,) = torch.autograd.grad(total, x, create_graph=create_graph, allow_unused=True)
+    # The scores keep their graph (retain_graph) for the D loss and the output term of method="fd".
+    (grad,) = torch.autograd.grad(total, x, create_graph=create_graph, retain_graph=True, allow_unused=True)
     if grad is None:
         raise ValueError("D's output does not depend on its input x (the gradient is None)")
     if scaler is not None:
@@ -143,6 +147,9 @@ def gradient_penalty(
     d_kwargs: dict[str, Any] | None = None,
     scaler: Any = None,
     backend: str = "auto",
+    method: str = _METHOD,
+    sigma: float = _SIGMA,
+    scores: Tensor | None = None,
     return_details: bool = False,
 ) -> Tensor | tuple[Tensor, PenaltyDetails]:
     """Sample the points, differentiate D there, penalise the per-sample gradient norms.
@@ -159,9 +166,26 @@ def gradient_penalty(
     ``(B, *T)`` (patch critics: ``f_i`` is the sum over ``T``). With a ``GradScaler`` the input
     gradient is taken of the scaled scores and unscaled before the norm. Returns the scalar
     penalty (float32; float64 for float64), or ``(penalty, PenaltyDetails)``.
+
+    `method` is how the penalty reaches D's parameters (`fastgp.first_order`): ``"exact"``, the
+    double backward; ``"fd"``, the same value with its Hessian-vector product taken by central
+    differences of first-order gradients, for smooth critics that cannot be differentiated twice
+    (``torch.compile``, fused attention); ``"ar"`` (presets ``ar1``/``ar2``), the approximated R1/R2
+    of Lin et al. 2025, ``λ · R_i (f_i(x̂_i) − f_i(x̂_i + σ ξ_i))²`` with noise of standard deviation
+    `sigma`, whose expectation is R1's ``λσ² · R_i ‖∇f_i‖²`` for small σ; with ``"ar"``, `scores`
+    passes D's scores at the points that the D loss already computed (with their graph), so that D
+    runs only at the noisy points.
     """
     s = _settings(
-        preset, points=points, norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction
+        preset,
+        points=points,
+        norm=norm,
+        constraint=constraint,
+        center=center,
+        weight=weight,
+        reduction=reduction,
+        method=method,
+        sigma=sigma,
     )
     validation.callable_("D", D)
     pts = s["points"]
@@ -170,6 +194,11 @@ def gradient_penalty(
     device = validation.tensor("points", pts).device if own else validation.points(pts, real, fake)
     sample = pts if own else real if real is not None else fake
     ps = _penalty_settings(s["norm"], s["constraint"], s["center"], s["weight"], reduction, output_weight, sample.dtype)
+    how = validation.choice("method", s["method"], first_order.METHODS)
+    if how == "ar":
+        noise = first_order.ar_settings(s["sigma"], ps, scores, sample)
+    elif not isinstance(sigma, _Default) or scores is not None:
+        raise ValueError(f"sigma and scores apply to method='ar' only, got method={how!r}")
     seed = validation.seed(seed)
     args, kwargs = validation.d_args(d_args, d_kwargs)
     validation.scaler(scaler)
@@ -187,9 +216,17 @@ def gradient_penalty(
     ops = backends.select(backend, device)
 
     x_hat, alpha = (pts, None) if own else ops.interpolate(real, fake, pts, seed)
-    scores, grad = _differentiate(
-        D, x_hat, args, kwargs, scaler=scaler, owned=not own and pts in ("interpolate", "dragan")
-    )
+    if how == "ar":
+        penalty, scores = first_order.approximated_penalty(D, x_hat, scores, args, kwargs, ops, noise, seed, ps)
+        return (penalty, PenaltyDetails(x_hat, alpha, scores, None, None)) if return_details else penalty
+    # fastgp's own points (interpolates, DRAGAN) may be D's leaf; the caller's tensors never are.
+    owned = not own and pts in ("interpolate", "dragan")
+    if how == "fd":
+        x_fd = x_hat if owned or x_hat.requires_grad else x_hat.detach().clone()
+        differentiate = functools.partial(_differentiate, scaler=scaler, create_graph=False)
+        scores, grad = first_order.fd_input_grad(D, x_fd, args, kwargs, differentiate)
+    else:
+        scores, grad = _differentiate(D, x_hat, args, kwargs, scaler=scaler, owned=owned)
     penalty, norms = ops.penalty_from_grad(grad, scores=scores if ps["output_weight"] else None, **ps)
     if return_details:
         return penalty, PenaltyDetails(x_hat, alpha, scores, grad, norms)

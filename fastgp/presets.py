@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
 
 @dataclass(frozen=True)
 class Preset:
-    """One named setting of `gradient_penalty`'s arguments (SPEC.md §3's preset table, and max-gp);
-    `as_kwargs()` gives them. `reduction` is the batch reduction, ``max`` for max-GP only."""
+    """One row of SPEC.md §3's preset table; `as_kwargs()` gives `gradient_penalty` arguments.
+
+    `reduction` is the batch reduction, ``max`` for max-GP only. `method` and `sigma` are set by the
+    approximated R1/R2 presets only (``method="ar"``, noise of standard deviation `sigma`);
+    `as_kwargs()` leaves out the fields that keep their defaults.
+    """
 
     points: str
     norm: str
@@ -18,13 +22,17 @@ class Preset:
     center: float
     weight: float
     source: str
+    method: str = "exact"
+    sigma: float | None = None
     # Keyword-only, so that later fields can be given by position whatever their order.
     reduction: str = field(default="mean", kw_only=True)
 
     def as_kwargs(self) -> dict[str, Any]:
-        kwargs = asdict(self)
-        del kwargs["source"]
-        return kwargs
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "source" and (f.default is MISSING or getattr(self, f.name) != f.default)
+        }
 
 
 presets: MappingProxyType[str, Preset] = MappingProxyType(
@@ -39,5 +47,8 @@ presets: MappingProxyType[str, Preset] = MappingProxyType(
         # Lipschitz GANs' MaxGP, λ · max_i ‖∇f(x̂_i)‖²: λ = 0.1 is the default of the authors' code for the
         # paper's CIFAR-10 runs (they sweep 0.01-10); StudioGAN's LGAN configs use 10.
         "max-gp": Preset("interpolate", "l2", "ls", 0.0, 0.1, "Zhou et al. 2019 (Lipschitz GANs)", reduction="max"),
+        # APT's λ = 100, σ = 0.01 (images): in expectation R1/R2 with weight λσ² = 0.01 (fastgp.first_order).
+        "ar1": Preset("real", "l2", "ls", 0.0, 100.0, "Lin et al. 2025 (APT), approximated R1", "ar", 0.01),
+        "ar2": Preset("fake", "l2", "ls", 0.0, 100.0, "Lin et al. 2025 (APT), approximated R2", "ar", 0.01),
     }
 )

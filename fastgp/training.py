@@ -148,7 +148,12 @@ def explain_double_backward_error(err: BaseException) -> str:
     """The message of `err` (PyTorch's refusal to differentiate a backward) with the workaround."""
     said = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     low = said.lower()
-    if "cudnn_rnn" in low:
+    if "torch.compile" in low or "aot_autograd" in low:
+        fix = (
+            "a torch.compile'd critic (aot_autograd) has no double backward: pass the uncompiled module for the "
+            "penalty pass, or use one of the first-order penalties below, which run the compiled critic."
+        )
+    elif "cudnn_rnn" in low:
         fix = (
             "cuDNN's RNN/LSTM/GRU kernels have no double backward: run the critic's penalty pass inside "
             "`with torch.backends.cudnn.flags(enabled=False):` (PyTorch's native RNN kernels are twice "
@@ -174,6 +179,8 @@ def explain_double_backward_error(err: BaseException) -> str:
         )
     return (
         "fastgp: the critic cannot be differentiated twice, so the gradient penalty cannot be back-propagated "
-        f"into its parameters. PyTorch said: {said!r}. Workaround: {fix} "
-        f"({CHECK_ENV_VAR}=0 skips this check.)"
+        f"into its parameters. PyTorch said: {said!r}. Workaround: {fix} Or avoid the double backward: "
+        "gradient_penalty(..., method='fd') keeps the penalty and takes its gradient by finite differences "
+        "(smooth critics: GELU, SiLU, softplus, tanh), and preset='ar1'/'ar2' is the approximated R1/R2 of Lin et "
+        f"al. 2025 (first-order, any critic). ({CHECK_ENV_VAR}=0 skips this check.)"
     )

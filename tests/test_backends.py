@@ -39,7 +39,7 @@ def grads(D):
 
 
 @pytest.mark.parametrize("backend,device", FUSED)
-@pytest.mark.parametrize("preset", list(fastgp.presets))
+@pytest.mark.parametrize("preset", [name for name, p in fastgp.presets.items() if p.method != "ar"])
 def test_gradient_penalty_matches_reference(backend, device, preset):
     D = critic(device)
     real = torch.randn(3, 3, 5, 6, dtype=torch.float64, device=device)

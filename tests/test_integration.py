@@ -9,6 +9,7 @@ import os
 import runpy
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -149,39 +150,43 @@ def _shards(rank: int, world: int):
     return real, fake, real[rank * n : (rank + 1) * n], fake[rank * n : (rank + 1) * n]
 
 
-def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+def _ddp_steps(rank: int, world: int) -> dict[str, list[torch.Tensor]]:
+    torch.manual_seed(0)
+    D = mlp()
+    ddp = nn.parallel.DistributedDataParallel(D)
+    _, _, real, fake = _shards(rank, world)
+    results = {}
+
+    # WGAN-GP: loss and penalty on the local shard, one backward, DDP averages.
+    loss = fastgp.losses.d_loss("wgan", ddp(real), ddp(fake))
+    (loss + fastgp.gradient_penalty(ddp, real, fake, seed=100 + rank)).backward()
+    results["wgan-gp"] = param_grads(D)
+
+    # R1 sharing the forward of the loss (StyleGAN2's regularising step).
+    D.zero_grad(set_to_none=True)
+    scores, grad = fastgp.input_grad(ddp, real)
+    loss = fastgp.losses.d_loss("ns", scores, ddp(fake))
+    (loss + fastgp.penalty_from_grad(grad, center=0.0, weight=5.0)).backward()
+    results["r1-shared"] = param_grads(D)
+
+    # A penalty-only backward leaves the last bias without a gradient; adding 0·scores keeps
+    # DDP's reducer from waiting for it forever (the next forward would raise).
+    for _ in range(3):
+        D.zero_grad(set_to_none=True)
+        gp, det = fastgp.gradient_penalty(ddp, real, preset="r1", return_details=True)
+        (gp + 0.0 * det.scores.sum()).backward()
+    results["penalty-only"] = param_grads(D)
+    return results
+
+
+def _gloo_worker(rank: int, world: int, port: int, out: str, steps: Callable[[int, int], object]) -> None:
     import torch.distributed as dist
 
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        torch.manual_seed(0)
-        D = mlp()
-        ddp = nn.parallel.DistributedDataParallel(D)
-        _, _, real, fake = _shards(rank, world)
-        results = {}
-
-        # WGAN-GP: loss and penalty on the local shard, one backward, DDP averages.
-        loss = fastgp.losses.d_loss("wgan", ddp(real), ddp(fake))
-        (loss + fastgp.gradient_penalty(ddp, real, fake, seed=100 + rank)).backward()
-        results["wgan-gp"] = param_grads(D)
-
-        # R1 sharing the forward of the loss (StyleGAN2's regularising step).
-        D.zero_grad(set_to_none=True)
-        scores, grad = fastgp.input_grad(ddp, real)
-        loss = fastgp.losses.d_loss("ns", scores, ddp(fake))
-        (loss + fastgp.penalty_from_grad(grad, center=0.0, weight=5.0)).backward()
-        results["r1-shared"] = param_grads(D)
-
-        # A penalty-only backward leaves the last bias without a gradient; adding 0·scores keeps
-        # DDP's reducer from waiting for it forever (the next forward would raise).
-        for _ in range(3):
-            D.zero_grad(set_to_none=True)
-            gp, det = fastgp.gradient_penalty(ddp, real, preset="r1", return_details=True)
-            (gp + 0.0 * det.scores.sum()).backward()
-        results["penalty-only"] = param_grads(D)
-        torch.save(results, f"{out}/rank{rank}.pt")
+        torch.save(steps(rank, world), f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -192,16 +197,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_matches_one_process_on_the_full_batch(tmp_path):
-    """DDP averages the ranks' gradients; each rank's penalty is a mean over its equal shard, so the
-    average is the full batch's gradient."""
+def run_on_gloo(steps: Callable[[int, int], object], tmp_path: Path, world: int = 2) -> list:
+    """What `steps(rank, world)` returns on each of `world` processes of a gloo group (skipped without gloo)."""
     import torch.distributed as dist
     import torch.multiprocessing as mp
 
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
+    mp.spawn(_gloo_worker, args=(world, _free_port(), str(tmp_path), steps), nprocs=world, join=True)
+    return [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(world)]
+
+
+def test_ddp_matches_one_process_on_the_full_batch(tmp_path):
+    """DDP averages the ranks' gradients; each rank's penalty is a mean over its equal shard, so the
+    average is the full batch's gradient."""
     world = 2
-    mp.spawn(_ddp_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    ranks = run_on_gloo(_ddp_steps, tmp_path, world)
 
     torch.manual_seed(0)
     D = mlp()
@@ -220,8 +231,7 @@ def test_ddp_matches_one_process_on_the_full_batch(tmp_path):
     want["penalty-only"] = param_grads(D)
     assert D[-1].bias.grad is None  # the trap the 0·scores term is for
 
-    for rank in range(world):
-        got = torch.load(tmp_path / f"rank{rank}.pt")
+    for got in ranks:
         for case, grads in want.items():
             assert_all_close(got[case], grads, rtol=1e-9, atol=1e-12)
 

@@ -127,13 +127,23 @@ def train(s: Settings, progress: bool = True, desc: str | None = None) -> RunRes
             real, z = batch()
             with torch.no_grad():
                 fake = G(z)
-            d_loss = fastgp.losses.d_loss(s.loss, critic(real), critic(fake))
+            real_scores, fake_scores = critic(real), critic(fake)
+            d_loss = fastgp.losses.d_loss(s.loss, real_scores, fake_scores)
             penalty = torch.zeros((), device=device)
             if not normalizing and s.penalty != "none":
                 # R1 and DRAGAN are taken at real samples only: fake is passed where the points use it.
-                uses_fake = fastgp.presets[s.penalty].points in ("interpolate", "fake")
+                # The approximated R1/R2 presets reuse the loss's scores at their points: one extra forward of D.
+                preset = fastgp.presets[s.penalty]
+                uses_fake = preset.points in ("interpolate", "fake")
+                shared = {"real": real_scores, "fake": fake_scores}[preset.points] if preset.method == "ar" else None
                 penalty = fastgp.gradient_penalty(
-                    D, real, fake if uses_fake else None, preset=s.penalty, backend=s.backend, **overrides
+                    D,
+                    real,
+                    fake if uses_fake else None,
+                    preset=s.penalty,
+                    backend=s.backend,
+                    scores=shared,
+                    **overrides,
                 )
             opt_d.zero_grad(set_to_none=True)
             (d_loss + penalty).backward()
