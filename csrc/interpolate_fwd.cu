@@ -1,4 +1,7 @@
 // Instantiates the interpolation forward with PyTorch's Philox state (kernels/interpolate.cuh).
+// PhiloxUtils.cuh's unpack returns a std::tuple, but some torch releases (2.11) do not include <tuple> there.
+#include <tuple>
+
 #include <ATen/cuda/PhiloxUtils.cuh>
 
 #include "interpolate_launch.h"
