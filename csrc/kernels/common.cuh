@@ -109,7 +109,7 @@ __device__ __forceinline__ Partial<acc_t> chunk_partial(const scalar_t* __restri
 // The row's norm from its per-chunk partials, combined in chunk order (deterministic).
 template <Norm N, typename acc_t>
 __device__ __forceinline__ Partial<acc_t> row_norm(const acc_t* partials, const int32_t* partial_ties, int64_t chunks) {
-  // __ldcg reads from L2: the partials were written by other blocks, possibly on other SMs' L1.
+  // __ldcg: read once, from L2 where the other blocks' writes are; the ordering is last_block_done's fences.
   Partial<acc_t> p{__ldcg(partials), N == Norm::kLinf ? __ldcg(partial_ties) : 0};
   for (int64_t c = 1; c < chunks; ++c) {
     p = combine<N>(p, Partial<acc_t>{__ldcg(partials + c), N == Norm::kLinf ? __ldcg(partial_ties + c) : 0});
@@ -119,12 +119,20 @@ __device__ __forceinline__ Partial<acc_t> row_norm(const acc_t* partials, const 
 }
 
 // True in every thread of the one block that finishes last; its reads then see all other blocks' writes.
-// (The classic threadFenceReduction pattern of the CUDA samples.)
+// The arrival is a release/acquire pair in the PTX memory model, not a property of the cache path: the
+// fence before the relaxed atomicAdd orders this block's partials (written before the __syncthreads)
+// ahead of its arrival, and the fence after it, in the thread that observed the last arrival, orders
+// every earlier block's partials ahead of the finishing block's reads (the __syncthreads hands that
+// ordering to the block's other threads). `counter` is zeroed by the host before every launch.
 __device__ __forceinline__ bool last_block_done(unsigned int* counter) {
   __shared__ bool s_last;
   __threadfence();
   __syncthreads();
-  if (threadIdx.x == 0) s_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  if (threadIdx.x == 0) {
+    const bool last = atomicAdd(counter, 1u) == gridDim.x - 1;
+    __threadfence();
+    s_last = last;
+  }
   __syncthreads();
   return s_last;
 }
