@@ -88,11 +88,13 @@ Points points_of(const std::string& s) {
   return Points::kDragan;
 }
 
-// How a row of `dim` elements is split over blocks. A block should get at least 2048 elements (8 per
-// thread) to amortise its reduction, and the grid about 8 blocks per SM (8 × 256 threads fill an SM)
-// so that a small batch of long rows still occupies the GPU. Chunks are a multiple of 4, the Philox
-// draw group, so a group never straddles two blocks.
-// Queried once per device (the guard has made the tensor's device current).
+// How a row of `dim` elements is split into chunks, the kernels' work items. A chunk should hold at least
+// 2048 elements (8 a thread) to amortise its block reduction, and a small batch of long rows should still
+// fill one wave of kMinBlocksPerSm blocks an SM: floor(slots / batch) chunks a row, so that the items never
+// exceed the wave by a few (the launchers size the grid to whole waves). Chunks are a multiple of 8
+// elements: of the Philox draw group (4), so a group never straddles two chunks, and of every 16-byte
+// vector's length, so that a chunk of an aligned row starts aligned.
+// The SM count is queried once per device (the guard has made the tensor's device current).
 int64_t sm_count() {
   static std::once_flag once[64];
   static int counts[64];
@@ -109,17 +111,13 @@ struct Split {
 };
 
 Split split_rows(int64_t batch, int64_t dim) {
-  constexpr int64_t kMinChunk = 2048;
-  const int64_t sms = sm_count();
+  constexpr int64_t kMinChunk = 2048, kAlign = 8;
+  const int64_t slots = sm_count() * kMinBlocksPerSm;
   const int64_t max_chunks = std::max<int64_t>(1, (dim + kMinChunk - 1) / kMinChunk);
-  const int64_t want = std::clamp<int64_t>((8 * sms + batch - 1) / batch, 1, max_chunks);
+  const int64_t want = std::clamp<int64_t>(slots / batch, 1, max_chunks);
   int64_t chunk = (dim + want - 1) / want;
-  chunk = std::max<int64_t>(4, (chunk + 3) / 4 * 4);
-  const int64_t chunks = std::max<int64_t>(1, (dim + chunk - 1) / chunk);
-  // One block per (row, chunk) on the grid's x-dimension: past 2^31 - 1 the launch size would wrap.
-  TORCH_CHECK(batch * chunks <= 2147483647LL, "fastgp: a batch of ", batch, " rows needs ", batch * chunks,
-              " blocks, more than CUDA's grid allows");
-  return {chunk, chunks};
+  chunk = std::max<int64_t>(kAlign, (chunk + kAlign - 1) / kAlign * kAlign);
+  return {chunk, std::max<int64_t>(1, (dim + chunk - 1) / chunk)};
 }
 
 // Integer workspace of a one-launch reduction: per-chunk tie counts, then the finished-blocks counter,

@@ -11,6 +11,10 @@
 
 namespace fastgp {
 
+// Resident blocks an SM that every kernel is compiled for (__launch_bounds__), and that split_rows in
+// fastgp_api.cpp plans the work of a small batch for: four blocks of 256 threads with up to 64 registers each.
+constexpr int kMinBlocksPerSm = 4;
+
 // Element type of `grad` / `real`; the accumulation type is float64 for kDouble, else float32 (SPEC.md §3).
 enum class DType : int { kHalf, kBFloat16, kFloat, kDouble };
 enum class Norm : int { kL2, kL1, kLinf };

@@ -422,6 +422,40 @@ def test_channels_last_is_processed_in_place(ext):
     assert x_hat.is_contiguous(memory_format=torch.channels_last)
 
 
+def _offset_view(shape, dtype, offset):
+    """A dense tensor whose data starts `offset` elements into its storage: 16-byte alignment broken."""
+    numel = torch.Size(shape).numel()
+    return torch.randn(numel + offset, device="cuda").to(dtype)[offset:].view(shape)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_misaligned_storage_matches_aligned(ext, dtype):
+    """Rows off a 16-byte boundary (scalar head), and inputs misaligned with each other (scalar path)."""
+    shape = (3, 4099)
+    for offset in (1, 3):
+        grad = _offset_view(shape, dtype, offset)
+        assert grad.data_ptr() % 16 != 0
+        aligned = grad.clone()
+        for norm in reference.NORMS:
+            (p, n, gg, _), (rp, rn, rgg, _) = _penalty_both(grad, None, norm=norm, center=0.5)
+            _close(n, rn, 1e-2, 2e-2, f"norms {norm}")
+            if norm == "linf":  # a maximum does not depend on the order the elements were visited in
+                assert torch.equal(n, _cuda.penalty_from_grad(aligned, norm=norm, center=0.5)[1])
+            _close(p, rp, 1e-2, 2e-2, f"penalty {norm}")
+            _close(gg, rgg, 1e-2, 2e-2, f"d/dgrad {norm}")
+        fake = torch.randn(shape, device="cuda").to(dtype)  # aligned while real is not
+        for real in (grad, aligned):
+            x_hat, alpha = _cuda.interpolate(real, fake, "interpolate", seed=9)
+            a = alpha.view(-1, 1)
+            acc = reference.acc_dtype(dtype)
+            _close(x_hat, (a * real.to(acc) + (1 - a) * fake.to(acc)).to(dtype), 1e-2, 2e-2, "x̂")
+        # DRAGAN's noise depends on (seed, row, element) only, never on which path drew it.
+        x_mis, _ = _cuda.interpolate(grad, None, "dragan", seed=4)
+        x_al, _ = _cuda.interpolate(aligned, None, "dragan", seed=4)
+        assert torch.equal(x_mis, x_al)
+
+
 @gpu
 def test_manual_seed_reproduces_alpha(ext):
     real, fake = torch.randn(64, 10, device="cuda"), torch.randn(64, 10, device="cuda")
