@@ -128,5 +128,15 @@ else
   status=1
 fi
 
+# The scalar rules of the kernels (NaN slopes, 64-bit tie counts), through nvcc for the CUDA headers' path.
+if "$NVCC" "$std" -Xcompiler -Wall,-Wextra,-Werror "$here/tests/rules_check.cpp" -o "$out/rules_check" \
+  >"$out/rules.log" 2>&1 && [[ ! -s $out/rules.log ]] && "$out/rules_check" >>"$out/rules.log" 2>&1; then
+  echo "  ok    host   tests/rules_check.cpp ($(tail -n 1 "$out/rules.log"))"
+else
+  echo "  FAIL  host   tests/rules_check.cpp"
+  sed 's/^/        /' "$out/rules.log"
+  status=1
+fi
+
 if [[ $status == 0 ]]; then echo "compile_check: passed"; else echo "compile_check: FAILED"; fi
 exit $status

@@ -120,15 +120,16 @@ Split split_rows(int64_t batch, int64_t dim) {
   return {chunk, std::max<int64_t>(1, (dim + chunk - 1) / chunk)};
 }
 
-// Integer workspace of a one-launch reduction: per-chunk tie counts, then the finished-blocks counter,
-// zeroed by a memset (a copy-engine op, not a kernel launch; capturable in a CUDA graph).
+// Integer workspace of a one-launch reduction: per-chunk linf tie counts (64-bit: a chunk may hold more than
+// 2^31 tied entries), then the finished-blocks counter, zeroed by a memset (a copy-engine op, not a kernel
+// launch; capturable in a CUDA graph).
 struct Scratch {
   at::Tensor buffer;
-  int32_t* partial_ties;
+  int64_t* partial_ties;
   unsigned int* counter;
 
-  Scratch(int64_t partials, const at::TensorOptions& ints) : buffer(at::empty({partials + 1}, ints)) {
-    partial_ties = buffer.data_ptr<int32_t>();
+  Scratch(int64_t partials, const at::TensorOptions& opts) : buffer(at::empty({partials + 1}, opts.dtype(at::kLong))) {
+    partial_ties = buffer.data_ptr<int64_t>();
     counter = reinterpret_cast<unsigned int*>(partial_ties + partials);
     C10_CUDA_CHECK(cudaMemsetAsync(counter, 0, sizeof(unsigned int), c10::cuda::getCurrentCUDAStream()));
   }
@@ -171,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> penalty_fwd(
   at::Tensor penalty = at::empty({}, opts), norms = at::empty({batch}, opts);
   at::Tensor coef = at::empty({batch}, opts), factor = at::empty({batch}, opts);
   at::Tensor partials = at::empty({batch * split.chunks}, opts);
-  const Scratch scratch(batch * split.chunks, grad.options().dtype(at::kInt));
+  const Scratch scratch(batch * split.chunks, grad.options());
 
   PenaltyFwdParams p{};
   p.grad = grad.data_ptr();
@@ -253,7 +254,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> normalize_fwd(const at::Tensor& s
   const Split split = split_rows(batch, dim);
   at::Tensor out = at::empty_like(scores), norms = at::empty({batch}, opts), factor = at::empty({batch}, opts);
   at::Tensor partials = at::empty({batch * split.chunks}, opts);
-  const Scratch scratch(batch * split.chunks, grad.options().dtype(at::kInt));
+  const Scratch scratch(batch * split.chunks, grad.options());
 
   NormalizeFwdParams p{};
   p.scores = scores.data_ptr();

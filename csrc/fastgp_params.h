@@ -34,7 +34,7 @@ struct PenaltyFwdParams {
   void* coef;            // (B,) accumulation dtype: ∂P/∂n_i
   void* factor;          // (B,) accumulation dtype: ∂n_i/∂g_i's per-row factor (common.cuh)
   void* partials;        // (B, chunks) accumulation dtype workspace
-  int32_t* partial_ties; // (B, chunks) workspace (linf)
+  int64_t* partial_ties; // (B, chunks) workspace: linf tie counts
   unsigned int* counter; // one zeroed word: blocks that finished their chunk
   int64_t batch, dim, chunk, chunks;
   double center, weight, output_weight;
@@ -67,7 +67,7 @@ struct NormalizeFwdParams {
   void* norms;           // (B,) accumulation dtype: ‖g_i‖ (gn) or ‖1 - g_i‖ (pgn)
   void* factor;          // (B,) accumulation dtype
   void* partials;        // (B, chunks)
-  int32_t* partial_ties; // (B, chunks)
+  int64_t* partial_ties; // (B, chunks) workspace: linf tie counts
   unsigned int* counter; // one zeroed word
   int64_t batch, dim, chunk, chunks;
   DType dtype;

@@ -59,6 +59,19 @@ def test_compile_check_full():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_kernel_rules_on_the_host(tmp_path):
+    """csrc/kernels/rules.cuh compiled for the CPU: a NaN norm has a NaN slope under every constraint (so a
+    NaN row's gradient is all NaN, hinge included), and linf tie counts add up past 2^31."""
+    cxx, home = shutil.which(os.environ.get("CXX", "g++")), _build.cuda_home()
+    if cxx is None or home is None:
+        pytest.skip("needs a C++ compiler and the CUDA headers")
+    exe = tmp_path / "rules_check"
+    compile_cmd = [cxx, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-isystem", str(Path(home) / "include")]
+    subprocess.run([*compile_cmd, str(CSRC / "tests" / "rules_check.cpp"), "-o", str(exe)], check=True, timeout=300)
+    done = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "rules_check: ok", done.stdout
+
+
 def test_backends_reports_cuda_and_why_not():
     status = backends.backends()["cuda"]
     if not torch.cuda.is_available():
@@ -341,6 +354,21 @@ def test_penalty_corner_cases(ext):
     nan[4, 2] = float("nan")
     p, norms = _cuda.penalty_from_grad(nan.float())
     assert torch.isnan(p) and torch.isnan(norms[4]) and not torch.isnan(norms[5])
+
+
+@gpu
+@pytest.mark.parametrize("norm", reference.NORMS)
+@pytest.mark.parametrize("constraint", reference.CONSTRAINTS)
+@pytest.mark.parametrize("reduction", reference.REDUCTIONS)
+def test_nan_row_has_an_all_nan_gradient(ext, norm, constraint, reduction):
+    """SPEC.md §3, NaN in, NaN out: the hinge's slope of a NaN norm is NaN, not 1 (nor 0 off the linf maxima)."""
+    grad = torch.tensor([[0.5, float("nan"), 2.0], [3.0, 1.0, 0.0]], device="cuda", requires_grad=True)
+    penalty, _ = _cuda.penalty_from_grad(grad, norm=norm, constraint=constraint, reduction=reduction)
+    penalty.backward()
+    assert torch.isnan(penalty)
+    assert torch.isnan(grad.grad[0]).all(), grad.grad
+    if reduction == "mean":
+        assert not torch.isnan(grad.grad[1]).any(), grad.grad
 
 
 @gpu

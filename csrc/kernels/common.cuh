@@ -10,6 +10,7 @@
 #include <cuda_fp16.h>
 
 #include "../fastgp_params.h"
+#include "rules.cuh"
 
 namespace fastgp {
 
@@ -36,16 +37,6 @@ template <> __device__ __forceinline__ float from_acc<float>(float v) { return v
 template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 template <typename T> __device__ __forceinline__ T from_acc(double v) { return v; }
-
-// NaN-propagating max: `fmax` would drop a NaN, and SPEC.md §7 wants NaN in the data to reach the output.
-template <typename acc_t> __device__ __forceinline__ acc_t nan_max(acc_t a, acc_t b) {
-  return (a != a || a > b) ? a : b;
-}
-
-template <typename acc_t> __device__ __forceinline__ acc_t sign_of(acc_t v) {
-  // sign(NaN) is NaN, as torch.sgn, so a NaN entry does not turn into a zero gradient.
-  return v > acc_t(0) ? acc_t(1) : (v < acc_t(0) ? acc_t(-1) : (v == acc_t(0) ? acc_t(0) : v));
-}
 
 // One 16-byte global access: 4 floats, 8 halves or bfloat16s, 2 doubles, moved as one uint4.
 template <typename T> union Vec {
@@ -123,35 +114,12 @@ __device__ __forceinline__ Item item_of(int64_t item, int64_t chunks, int64_t ch
   return {row, begin, begin + chunk < dim ? begin + chunk : dim};
 }
 
-// The per-row statistic a chunk contributes: sum of squares (l2), sum of |g| (l1), or max |g| with the
-// number of entries that attain it (linf), so that the tie count of the whole row is exact.
-template <typename acc_t> struct Partial {
-  acc_t value;
-  int32_t count;
-};
-
-template <Norm N, typename acc_t> __device__ __forceinline__ Partial<acc_t> combine(Partial<acc_t> a, Partial<acc_t> b) {
-  if constexpr (N == Norm::kLinf) {
-    if (b.value != b.value || (a.value == a.value && b.value > a.value)) return b;
-    if (a.value == b.value) return {a.value, a.count + b.count};
-    return a;
-  } else {
-    return {a.value + b.value, 0};
-  }
-}
-
-template <Norm N, typename acc_t> __device__ __forceinline__ Partial<acc_t> element(acc_t v) {
-  if constexpr (N == Norm::kL2) return {v * v, 0};
-  else if constexpr (N == Norm::kL1) return {fabs(v), 0};
-  else return {fabs(v), 1};
-}
-
 // Reduces over the block; the result is valid in thread 0. The tree has a fixed shape, so the sum is
 // bitwise reproducible from run to run.
 template <Norm N, typename acc_t, int THREADS>
 __device__ __forceinline__ Partial<acc_t> block_reduce(Partial<acc_t> v) {
   __shared__ acc_t s_value[THREADS / 32];
-  __shared__ int32_t s_count[THREADS / 32];
+  __shared__ int64_t s_count[THREADS / 32];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
   for (int o = 16; o > 0; o /= 2) {
@@ -198,7 +166,7 @@ __device__ __forceinline__ Partial<acc_t> chunk_partial(const scalar_t* __restri
 
 // The row's norm from its per-chunk partials, combined in chunk order (deterministic).
 template <Norm N, typename acc_t>
-__device__ __forceinline__ Partial<acc_t> row_norm(const acc_t* partials, const int32_t* partial_ties, int64_t chunks) {
+__device__ __forceinline__ Partial<acc_t> row_norm(const acc_t* partials, const int64_t* partial_ties, int64_t chunks) {
   // __ldcg: read once, from L2 where the other blocks' writes are; the ordering is last_block_done's fences.
   Partial<acc_t> p{__ldcg(partials), N == Norm::kLinf ? __ldcg(partial_ties) : 0};
   for (int64_t c = 1; c < chunks; ++c) {
@@ -225,22 +193,6 @@ __device__ __forceinline__ bool last_block_done(unsigned int* counter) {
   }
   __syncthreads();
   return s_last;
-}
-
-// ∂n/∂v = factor · direction(v) (SPEC.md §3), split so that the forward saves one number per row:
-// factor = 1/n (l2), 1 (l1), 1/k over the k tied maxima (linf), and 0 where n = 0 (the zero-gradient rule);
-// direction = v (l2), sign(v) (l1), sign(v)·[|v| = n] (linf). Same split as the Triton backend's.
-template <Norm N, typename acc_t> __device__ __forceinline__ acc_t norm_factor(Partial<acc_t> r) {
-  if (r.value == acc_t(0)) return acc_t(0);
-  if constexpr (N == Norm::kL2) return acc_t(1) / r.value;
-  else if constexpr (N == Norm::kL1) return acc_t(1);
-  else return acc_t(1) / static_cast<acc_t>(r.count > 1 ? r.count : 1);
-}
-
-template <Norm N, typename acc_t> __device__ __forceinline__ acc_t norm_direction(acc_t v, acc_t n) {
-  if constexpr (N == Norm::kL2) return v;
-  else if constexpr (N == Norm::kL1) return sign_of(v);
-  else return fabs(v) == n ? sign_of(v) : acc_t(0);
 }
 
 // out_j = scale · direction(v_j) over elements [begin, end) of a row, with v = s·g, or 1 - s·g when ONE_MINUS

@@ -11,24 +11,6 @@
 
 namespace fastgp {
 
-template <typename acc_t> __device__ __forceinline__ acc_t constraint_value(Constraint k, acc_t n, acc_t c) {
-  const acc_t t = n - c;
-  if (k == Constraint::kLs) return t * t;
-  // `t > 0 ? t : 0` keeps a NaN norm NaN, like torch.relu.
-  const acc_t r = t > acc_t(0) ? t : (t != t ? t : acc_t(0));
-  return k == Constraint::kHinge ? r : r * r;
-}
-
-// h'(n): the hinge's derivative at n = c is 0 (SPEC.md §3, the `n > c` rule, as relu's in PyTorch).
-// Written with `t <= 0` like relu's backward, so that a NaN norm keeps a NaN (or unit) slope
-// rather than a silent 0.
-template <typename acc_t> __device__ __forceinline__ acc_t constraint_slope(Constraint k, acc_t n, acc_t c) {
-  const acc_t t = n - c;
-  if (k == Constraint::kLs) return acc_t(2) * t;
-  if (k == Constraint::kHinge) return t <= acc_t(0) ? acc_t(0) : acc_t(1);
-  return t <= acc_t(0) ? acc_t(0) : acc_t(2) * t;
-}
-
 template <Norm N, typename acc_t> __device__ void penalty_finish(const PenaltyFwdParams& p) {
   const acc_t* partials = static_cast<const acc_t*>(p.partials);
   const acc_t* scores = static_cast<const acc_t*>(p.scores);
@@ -38,7 +20,7 @@ template <Norm N, typename acc_t> __device__ void penalty_finish(const PenaltyFw
   const acc_t center = static_cast<acc_t>(p.center);
   const bool use_max = p.reduction == Reduction::kMax;
   __shared__ acc_t s_h;
-  __shared__ int32_t s_k;
+  __shared__ int64_t s_k;
 
   // Pass 1: norms, R_i h(n_i) (a max carries the count of samples that attain it) and Σ f_i².
   Partial<acc_t> h_acc{use_max ? acc_t(-INFINITY) : acc_t(0), 0};
