@@ -158,10 +158,20 @@ void check_scores(const at::Tensor& scores, const at::Tensor& grad, at::ScalarTy
   TORCH_CHECK(scores.numel() == grad.size(0), "scores must hold one score per sample of grad");
 }
 
-// P = λ · R_i h(‖g_i‖) + ε · mean_i f_i² and what the backward needs: (P, norms, coef, factor).
+// AMP's 1/scale as a float32 device scalar, read by the kernels (no host sync).
+const float* grad_scale_ptr(const std::optional<at::Tensor>& grad_scale, const at::Tensor& grad) {
+  if (!grad_scale.has_value()) return nullptr;
+  CHECK_SAME_DEVICE(*grad_scale, grad);
+  CHECK_DTYPE(*grad_scale, at::kFloat);
+  TORCH_CHECK(grad_scale->numel() == 1, "grad_scale must hold one number, got shape ", grad_scale->sizes());
+  return grad_scale->data_ptr<float>();
+}
+
+// P = λ · R_i h(‖s·g_i‖) + ε · mean_i f_i² and what the backward needs: (P, norms, coef, factor).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> penalty_fwd(
     const at::Tensor& grad, const std::optional<at::Tensor>& scores, const std::string& norm,
-    const std::string& constraint, double center, double weight, const std::string& reduction, double output_weight) {
+    const std::string& constraint, double center, double weight, const std::string& reduction, double output_weight,
+    const std::optional<at::Tensor>& grad_scale) {
   check_grad(grad);
   const at::cuda::CUDAGuard guard(grad.device());
   const int64_t batch = grad.size(0), dim = grad.numel() / batch;
@@ -184,6 +194,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> penalty_fwd(
   p.partials = partials.data_ptr();
   p.partial_ties = scratch.partial_ties;
   p.counter = scratch.counter;
+  p.grad_scale = grad_scale_ptr(grad_scale, grad);
   p.batch = batch;
   p.dim = dim;
   p.chunk = split.chunk;
@@ -203,7 +214,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> penalty_fwd(
 std::tuple<at::Tensor, at::Tensor> penalty_bwd(const at::Tensor& grad_penalty, const std::optional<at::Tensor>& grad_norms,
                                                const at::Tensor& grad, const std::optional<at::Tensor>& scores,
                                                const at::Tensor& norms, const at::Tensor& coef, const at::Tensor& factor,
-                                               const std::string& norm, double output_weight) {
+                                               const std::string& norm, double output_weight,
+                                               const std::optional<at::Tensor>& grad_scale) {
   check_grad(grad);
   const at::cuda::CUDAGuard guard(grad.device());
   const int64_t batch = grad.size(0), dim = grad.numel() / batch;
@@ -230,6 +242,7 @@ std::tuple<at::Tensor, at::Tensor> penalty_bwd(const at::Tensor& grad_penalty, c
   p.factor = factor.data_ptr();
   p.grad_grad = grad_grad.data_ptr();
   p.grad_scores = scores.has_value() ? grad_scores.data_ptr() : nullptr;
+  p.grad_scale = grad_scale_ptr(grad_scale, grad);
   p.batch = batch;
   p.dim = dim;
   p.chunk = split.chunk;
@@ -414,10 +427,10 @@ TORCH_LIBRARY(fastgp_cuda, m) {
   // penalty_* and normalize_* have the schemas of the Triton ops (fastgp::, fastgp/ops/), argument names included.
   m.def(
       "penalty_fwd(Tensor grad, Tensor? scores, str norm, str constraint, float center, float weight, str reduction, "
-      "float output_weight) -> (Tensor, Tensor, Tensor, Tensor)");
+      "float output_weight, Tensor? grad_scale=None) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "penalty_bwd(Tensor dp, Tensor? dnorms, Tensor grad, Tensor? scores, Tensor norms, Tensor coef, Tensor factor, "
-      "str norm, float output_weight) -> (Tensor, Tensor)");
+      "str norm, float output_weight, Tensor? grad_scale=None) -> (Tensor, Tensor)");
   m.def("normalize_fwd(Tensor scores, Tensor grad, str mode, str norm) -> (Tensor, Tensor, Tensor)");
   m.def(
       "normalize_bwd(Tensor dout, Tensor scores, Tensor grad, Tensor norms, Tensor factor, str mode, str norm) "

@@ -36,6 +36,7 @@ struct PenaltyFwdParams {
   void* partials;        // (B, chunks) accumulation dtype workspace
   int64_t* partial_ties; // (B, chunks) workspace: linf tie counts
   unsigned int* counter; // one zeroed word: blocks that finished their chunk
+  const float* grad_scale; // () float32: the norms are of grad_scale·grad (AMP's 1/scale), or nullptr (1)
   int64_t batch, dim, chunk, chunks;
   double center, weight, output_weight;
   DType dtype;
@@ -54,6 +55,7 @@ struct PenaltyBwdParams {
   const void* factor;       // (B,)
   void* grad_grad;          // (B, d) like grad
   void* grad_scores;        // (B,) accumulation dtype, or nullptr
+  const float* grad_scale;  // () float32, as the forward's, or nullptr
   int64_t batch, dim, chunk, chunks;
   double output_weight;
   DType dtype;

@@ -235,6 +235,9 @@ def test_python_glue_on_meta_tensors(monkeypatch):
         # create_graph=True: the backward falls back to the reference formulas and stays differentiable.
         (gg,) = torch.autograd.grad(_cuda.penalty_from_grad(g)[0], g, create_graph=True)
         assert gg.requires_grad
+        inv_scale = torch.empty(1, device="meta")
+        (gg,) = torch.autograd.grad(_cuda.penalty_from_grad(g, grad_scale=inv_scale)[0], g)
+        assert gg.shape == g.shape and gg.dtype == dtype
     # opcheck on meta tensors: schema, fake impls, autograd registration and AOT dispatch, without a GPU.
     ops = torch.ops.fastgp_cuda
     grad = torch.randn(3, 5, 7, device="meta", requires_grad=True)
@@ -243,6 +246,7 @@ def test_python_glue_on_meta_tensors(monkeypatch):
     for op, args in [
         (ops.penalty_fwd, (grad, scores, "linf", "ls", 1.0, 10.0, "mean", 0.1)),
         (ops.penalty_fwd, (grad, None, "l2", "hinge", 1.0, 10.0, "max", 0.0)),
+        (ops.penalty_fwd, (grad, None, "l1", "ls", 1.0, 10.0, "mean", 0.0, torch.ones(1, device="meta"))),
         (ops.normalize_fwd, (scores, grad, "pgn", "l1")),
         (ops.interpolate, (grad, torch.randn_like(grad, requires_grad=True), None, "interpolate", 5)),
         (ops.interpolate, (grad, None, scale, "dragan", 5)),
@@ -369,6 +373,27 @@ def test_nan_row_has_an_all_nan_gradient(ext, norm, constraint, reduction):
     assert torch.isnan(grad.grad[0]).all(), grad.grad
     if reduction == "mean":
         assert not torch.isnan(grad.grad[1]).any(), grad.grad
+
+
+@gpu
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize("norm", reference.NORMS)
+def test_grad_scale_is_the_penalty_of_the_unscaled_gradient(ext, dtype, atol, rtol, norm):
+    """AMP: P(s·g) with ∂/∂g = s·P'(s·g), s read from a device tensor, against the reference formula."""
+    torch.manual_seed(0)
+    acc = reference.acc_dtype(dtype)
+    scaled = (torch.randn(4, 3, 17, 19, device="cuda") * 0.05 * 1024).to(dtype)  # as a GradScaler leaves it
+    inv_scale = torch.full((1,), 1 / 1024, device="cuda")
+    kw = dict(norm=norm, constraint="ls", center=0.7, weight=3.0)
+    g = scaled.clone().requires_grad_()
+    penalty, norms = _cuda.penalty_from_grad(g, grad_scale=inv_scale, **kw)
+    penalty.backward()
+    r = scaled.clone().requires_grad_()
+    ref_penalty, ref_norms = reference.penalty_from_grad(r.to(acc) * inv_scale.to(acc).reshape(()), **kw)
+    ref_penalty.backward()
+    _close(penalty, ref_penalty, atol, rtol, "penalty")
+    _close(norms, ref_norms, atol, rtol, "norms")
+    _close(g.grad, r.grad, atol, rtol, "d/dgrad")
 
 
 @gpu

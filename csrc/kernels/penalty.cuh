@@ -1,4 +1,5 @@
-// Gradient penalty P = λ · R_i h(‖g_i‖) + ε · mean_i f_i² (SPEC.md §3), forward and backward.
+// Gradient penalty P = λ · R_i h(‖s·g_i‖) + ε · mean_i f_i² (SPEC.md §3; s = 1 but under AMP), forward and
+// backward.
 //
 // Forward is one launch: block (i, c) reduces chunk c of row i to a partial (sum of squares, sum of |g|,
 // or max |g| with its count), and the block that finishes last combines the partials in chunk order,
@@ -10,6 +11,12 @@
 #include "common.cuh"
 
 namespace fastgp {
+
+// The factor s of P(s·g), read on the device (no host sync): AMP's 1/scale, so that a GradScaler's scaled
+// gradient is unscaled inside the kernel's single read of it.
+template <typename acc_t> __device__ __forceinline__ acc_t grad_scale(const float* s) {
+  return s != nullptr ? static_cast<acc_t>(*s) : acc_t(1);
+}
 
 template <Norm N, typename acc_t> __device__ void penalty_finish(const PenaltyFwdParams& p) {
   const acc_t* partials = static_cast<const acc_t*>(p.partials);
@@ -60,9 +67,10 @@ template <typename scalar_t, Norm N>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) penalty_fwd_kernel(const PenaltyFwdParams p) {
   using acc_t = acc_of_t<scalar_t>;
   const scalar_t* grad = static_cast<const scalar_t*>(p.grad);
+  const acc_t s = grad_scale<acc_t>(p.grad_scale);
   for (int64_t item = blockIdx.x; item < p.batch * p.chunks; item += gridDim.x) {
     const Item it = item_of(item, p.chunks, p.chunk, p.dim);
-    const Partial<acc_t> part = chunk_partial<N, false, scalar_t, acc_t>(grad + it.row * p.dim, it.begin, it.end, acc_t(1));
+    const Partial<acc_t> part = chunk_partial<N, false, scalar_t, acc_t>(grad + it.row * p.dim, it.begin, it.end, s);
     if (threadIdx.x == 0) {
       static_cast<acc_t*>(p.partials)[item] = part.value;
       if constexpr (N == Norm::kLinf) p.partial_ties[item] = part.count;
@@ -71,12 +79,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) penalty_fwd_kernel(
   if (last_block_done(p.counter)) penalty_finish<N, acc_t>(p);
 }
 
-// ∂P/∂g_ij = (gP · coef_i + gN_i) · factor_i · direction(g_ij), which is 0 where n_i = 0 (factor_i = 0);
+// ∂P/∂g_ij = s · (gP · coef_i + gN_i) · factor_i · direction(s·g_ij), which is 0 where n_i = 0 (factor_i = 0);
 // the first thread of each row's first chunk also writes ∂P/∂f_i = (2ε/B) · f_i · gP.
 template <typename scalar_t, Norm N>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) penalty_bwd_kernel(const PenaltyBwdParams p) {
   using acc_t = acc_of_t<scalar_t>;
   const acc_t gp = *static_cast<const acc_t*>(p.grad_penalty);
+  const acc_t s = grad_scale<acc_t>(p.grad_scale);
   for (int64_t item = blockIdx.x; item < p.batch * p.chunks; item += gridDim.x) {
     const Item it = item_of(item, p.chunks, p.chunk, p.dim);
     if (p.grad_scores != nullptr && it.begin == 0 && threadIdx.x == 0) {
@@ -86,10 +95,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) penalty_bwd_kernel(
     }
     acc_t scale = gp * static_cast<const acc_t*>(p.coef)[it.row];
     if (p.grad_norms != nullptr) scale += static_cast<const acc_t*>(p.grad_norms)[it.row];
-    scale *= static_cast<const acc_t*>(p.factor)[it.row];
+    scale *= static_cast<const acc_t*>(p.factor)[it.row] * s;
     const int64_t offset = it.row * p.dim;
     write_direction<N, false>(static_cast<const scalar_t*>(p.grad) + offset, static_cast<scalar_t*>(p.grad_grad) + offset,
-                              it.begin, it.end, acc_t(1), scale, static_cast<const acc_t*>(p.norms)[it.row]);
+                              it.begin, it.end, s, scale, static_cast<const acc_t*>(p.norms)[it.row]);
   }
 }
 
