@@ -170,24 +170,21 @@ if [[ $MODE == torch ]]; then
 else
   philox_defs=()
 fi
-if "$CXX" "$std" "${host_flags[@]}" "${philox_defs[@]}" "$here/tests/philox_check.cpp" -o "$out/philox_check" \
-  >"$out/philox.log" 2>&1 && [[ ! -s $out/philox.log ]] && "$out/philox_check" >>"$out/philox.log" 2>&1; then
-  echo "  ok    host   tests/philox_check.cpp ($(tail -n 1 "$out/philox.log"))"
-else
-  echo "  FAIL  host   tests/philox_check.cpp"
-  sed 's/^/        /' "$out/philox.log"
-  status=1
-fi
-
+# Builds and runs one host check of tests/: $1 its name, then the compile command (its -o is added).
+host_check() {
+  local name=$1
+  shift
+  if "$@" -o "$out/$name" >"$out/$name.log" 2>&1 && [[ ! -s $out/$name.log ]] && "$out/$name" >>"$out/$name.log" 2>&1; then
+    echo "  ok    host   tests/$name.cpp ($(tail -n 1 "$out/$name.log"))"
+  else
+    echo "  FAIL  host   tests/$name.cpp"
+    sed 's/^/        /' "$out/$name.log"
+    return 1
+  fi
+}
+host_check philox_check "$CXX" "$std" "${host_flags[@]}" "${philox_defs[@]}" "$here/tests/philox_check.cpp" || status=1
 # The scalar rules of the kernels (NaN slopes, 64-bit tie counts), through nvcc for the CUDA headers' path.
-if "$NVCC" "$std" -Xcompiler -Wall,-Wextra,-Werror "$here/tests/rules_check.cpp" -o "$out/rules_check" \
-  >"$out/rules.log" 2>&1 && [[ ! -s $out/rules.log ]] && "$out/rules_check" >>"$out/rules.log" 2>&1; then
-  echo "  ok    host   tests/rules_check.cpp ($(tail -n 1 "$out/rules.log"))"
-else
-  echo "  FAIL  host   tests/rules_check.cpp"
-  sed 's/^/        /' "$out/rules.log"
-  status=1
-fi
+host_check rules_check "$NVCC" "$std" -Xcompiler -Wall,-Wextra,-Werror "$here/tests/rules_check.cpp" || status=1
 
 if [[ $status == 0 ]]; then echo "compile_check: passed"; else echo "compile_check: FAILED"; fi
 exit $status

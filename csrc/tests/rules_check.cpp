@@ -1,22 +1,15 @@
 // Host check of kernels/rules.cuh, the per-element and per-sample rules the kernels apply, run by
 // compile_check.sh and by the test suite on any machine with a C++ compiler and the CUDA headers.
 #include <cmath>
-#include <cstdio>
 #include <initializer_list>
 #include <limits>
 
 #include "../kernels/rules.cuh"
+#include "expect.h"
 
 namespace {
 
-int failures = 0;
-
-void expect(bool ok, const char* what) {
-  if (!ok) {
-    std::printf("FAIL: %s\n", what);
-    ++failures;
-  }
-}
+using fastgp_check::expect;
 
 template <typename acc_t> void nan_norms_have_nan_slopes() {
   using fastgp::Constraint;
@@ -56,6 +49,5 @@ int main() {
   nan_norms_have_nan_slopes<double>();
   linf_ties_count_past_int32<float>();
   linf_ties_count_past_int32<double>();
-  if (failures == 0) std::printf("rules_check: ok\n");
-  return failures == 0 ? 0 : 1;
+  return fastgp_check::finish("rules_check");
 }
