@@ -10,8 +10,14 @@
 #                    instantiates the one torch-dependent kernel with a fixed seed, and the Philox host
 #                    check on Random123's known answers.
 #
+# Every object is then held to what the kernels are built for, from ptxas -v and the SASS (cuobjdump -sass):
+# no kernel spills registers or touches local memory (LDL/STL), and every float32 and bfloat16 instantiation
+# of a streaming kernel moves its rows with 128-bit global loads (LDG.E.128), and those that write rows (the
+# backwards but DRAGAN's, the interpolation forward) with 128-bit stores too (STG.E.128).
+#
 # Environment: PYTHON (default python3), NVCC (default nvcc), FASTGP_CHECK_MODE (auto|torch|standalone),
-# FASTGP_CHECK_ARCHS (default "80 90"), MAX_JOBS (parallel compiles, default 2).
+# FASTGP_CHECK_ARCHS (default "80 90"), MAX_JOBS (parallel compiles, default 2), CUOBJDUMP (default: on PATH,
+# beside nvcc, else the copy that triton ships with $PYTHON's triton).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,6 +32,20 @@ trap 'rm -rf "$out"' EXIT
 
 if ! command -v "$NVCC" >/dev/null 2>&1; then
   echo "compile_check: no nvcc ($NVCC) on PATH" >&2
+  exit 2
+fi
+
+find_cuobjdump() {
+  local top  # the toolkit's root as nvcc itself resolves it (nvcc on PATH may be a wrapper script)
+  top=$("$NVCC" --dryrun -E -x cu /dev/null 2>&1 | sed -n 's/^#\$ TOP=\(.*\)$/\1/p' | head -n 1)
+  for c in "${CUOBJDUMP:-}" "$(command -v cuobjdump 2>/dev/null)" "${top:+$top/bin/cuobjdump}" \
+    "$("$PYTHON" -c 'import os, triton; print(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"))' 2>/dev/null)"; do
+    if [[ -n $c && -x $c ]]; then echo "$c"; return; fi
+  done
+}
+CUOBJDUMP=$(find_cuobjdump)
+if [[ -z $CUOBJDUMP ]]; then
+  echo "compile_check: no cuobjdump (set CUOBJDUMP, or install triton for \$PYTHON)" >&2
   exit 2
 fi
 
@@ -73,7 +93,34 @@ else
 fi
 echo "compile_check: $("$NVCC" --version | tail -n 1), archs: $ARCHS"
 
-# One job per (source, arch); each writes its log, and any non-empty log is a failure (warnings too).
+# The SASS facts above, for one object and its ptxas -v report; prints what fails.
+sass_check() {
+  local obj=$1 report=$2
+  if grep -E 'bytes spill (stores|loads)' "$report" | grep -qv ' 0 bytes spill stores, 0 bytes spill loads'; then
+    echo "register spills: $(grep -E 'bytes spill' "$report" | grep -v ' 0 bytes spill stores, 0 bytes spill loads' | head -n 1)"
+  fi
+  "$CUOBJDUMP" -sass "$obj" 2>/dev/null | awk '
+    /Function : / { name = $NF; seen[name] = 1; next }
+    /[^A-Z](LDL|STL)[. ]/ { local_mem[name]++ }
+    /LDG\.E\.128/ { loads[name]++ }
+    /STG\.E\.128/ { stores[name]++ }
+    END {
+      for (name in seen) {
+        if (local_mem[name]) print "local memory in " name
+        if (name !~ /^_ZN6fastgp[0-9]+(penalty|normalize|interpolate)_(fwd|bwd)_kernelI(f|13__nv_bfloat16)/) continue
+        streaming++
+        if (!loads[name]) print "no 128-bit load (LDG.E.128) in " name
+        # Points::kInterpolate (0) of the interpolation backward writes rows; kDragan writes per-chunk sums.
+        writes = name ~ /(penalty_bwd|normalize_bwd|interpolate_fwd)_kernel/ || name ~ /interpolate_bwd_kernel.*PointsE0E/
+        if (writes && !stores[name])
+          print "no 128-bit store (STG.E.128) in " name
+      }
+      if (!streaming) print "no float32 or bfloat16 streaming kernel found in the SASS"
+    }'
+}
+
+# One job per (source, arch); each writes its log, and any non-empty log is a failure (warnings too; the
+# ptxas -v report is kept apart and read by sass_check).
 jobs_file="$out/jobs"
 : >"$jobs_file"
 for arch in $ARCHS; do
@@ -84,10 +131,14 @@ done
 nvcc_cmd() {
   local arch=$1 src=$2 name
   name=$(basename "$src" .cu)-sm$arch
-  if "$NVCC" "$std" "${nvcc_flags[@]}" "${includes[@]}" -gencode "arch=compute_$arch,code=sm_$arch" \
-    -c "$src" -o "$out/$name.o" >"$out/$name.log" 2>&1 && [[ ! -s $out/$name.log ]]; then
-    echo "  ok    sm_$arch  $(basename "$src")"
+  if "$NVCC" "$std" "${nvcc_flags[@]}" "${includes[@]}" -gencode "arch=compute_$arch,code=sm_$arch" -Xptxas -v \
+    -c "$src" -o "$out/$name.o" >"$out/$name.raw" 2>&1 &&
+    grep -E '^ptxas info|bytes stack frame' "$out/$name.raw" >"$out/$name.ptxas" &&
+    ! grep -vE '^ptxas info|bytes stack frame' "$out/$name.raw" >"$out/$name.log" &&
+    sass_check "$out/$name.o" "$out/$name.ptxas" >>"$out/$name.log" && [[ ! -s $out/$name.log ]]; then
+    echo "  ok    sm_$arch  $(basename "$src")  (no spills, 128-bit loads/stores in SASS)"
   else
+    [[ -s $out/$name.log ]] || cp "$out/$name.raw" "$out/$name.log"
     echo "  FAIL  sm_$arch  $(basename "$src")"
     sed 's/^/        /' "$out/$name.log"
     return 1
@@ -119,14 +170,21 @@ if [[ $MODE == torch ]]; then
 else
   philox_defs=()
 fi
-if "$CXX" "$std" "${host_flags[@]}" "${philox_defs[@]}" "$here/tests/philox_check.cpp" -o "$out/philox_check" \
-  >"$out/philox.log" 2>&1 && [[ ! -s $out/philox.log ]] && "$out/philox_check" >>"$out/philox.log" 2>&1; then
-  echo "  ok    host   tests/philox_check.cpp ($(tail -n 1 "$out/philox.log"))"
-else
-  echo "  FAIL  host   tests/philox_check.cpp"
-  sed 's/^/        /' "$out/philox.log"
-  status=1
-fi
+# Builds and runs one host check of tests/: $1 its name, then the compile command (its -o is added).
+host_check() {
+  local name=$1
+  shift
+  if "$@" -o "$out/$name" >"$out/$name.log" 2>&1 && [[ ! -s $out/$name.log ]] && "$out/$name" >>"$out/$name.log" 2>&1; then
+    echo "  ok    host   tests/$name.cpp ($(tail -n 1 "$out/$name.log"))"
+  else
+    echo "  FAIL  host   tests/$name.cpp"
+    sed 's/^/        /' "$out/$name.log"
+    return 1
+  fi
+}
+host_check philox_check "$CXX" "$std" "${host_flags[@]}" "${philox_defs[@]}" "$here/tests/philox_check.cpp" || status=1
+# The scalar rules of the kernels (NaN slopes, 64-bit tie counts), through nvcc for the CUDA headers' path.
+host_check rules_check "$NVCC" "$std" -Xcompiler -Wall,-Wextra,-Werror "$here/tests/rules_check.cpp" || status=1
 
 if [[ $status == 0 ]]; then echo "compile_check: passed"; else echo "compile_check: FAILED"; fi
 exit $status

@@ -88,11 +88,13 @@ Points points_of(const std::string& s) {
   return Points::kDragan;
 }
 
-// How a row of `dim` elements is split over blocks. A block should get at least 2048 elements (8 per
-// thread) to amortise its reduction, and the grid about 8 blocks per SM (8 × 256 threads fill an SM)
-// so that a small batch of long rows still occupies the GPU. Chunks are a multiple of 4, the Philox
-// draw group, so a group never straddles two blocks.
-// Queried once per device (the guard has made the tensor's device current).
+// How a row of `dim` elements is split into chunks, the kernels' work items. A chunk should hold at least
+// 2048 elements (8 a thread) to amortise its block reduction, and a small batch of long rows should still
+// fill one wave of kMinBlocksPerSm blocks an SM: floor(slots / batch) chunks a row, so that the items never
+// exceed the wave by a few (the launchers size the grid to whole waves). Chunks are a multiple of 8
+// elements: of the Philox draw group (4), so a group never straddles two chunks, and of every 16-byte
+// vector's length, so that a chunk of an aligned row starts aligned.
+// The SM count is queried once per device (the guard has made the tensor's device current).
 int64_t sm_count() {
   static std::once_flag once[64];
   static int counts[64];
@@ -109,28 +111,25 @@ struct Split {
 };
 
 Split split_rows(int64_t batch, int64_t dim) {
-  constexpr int64_t kMinChunk = 2048;
-  const int64_t sms = sm_count();
+  constexpr int64_t kMinChunk = 2048, kAlign = 8;
+  const int64_t slots = sm_count() * kMinBlocksPerSm;
   const int64_t max_chunks = std::max<int64_t>(1, (dim + kMinChunk - 1) / kMinChunk);
-  const int64_t want = std::clamp<int64_t>((8 * sms + batch - 1) / batch, 1, max_chunks);
+  const int64_t want = std::clamp<int64_t>(slots / batch, 1, max_chunks);
   int64_t chunk = (dim + want - 1) / want;
-  chunk = std::max<int64_t>(4, (chunk + 3) / 4 * 4);
-  const int64_t chunks = std::max<int64_t>(1, (dim + chunk - 1) / chunk);
-  // One block per (row, chunk) on the grid's x-dimension: past 2^31 - 1 the launch size would wrap.
-  TORCH_CHECK(batch * chunks <= 2147483647LL, "fastgp: a batch of ", batch, " rows needs ", batch * chunks,
-              " blocks, more than CUDA's grid allows");
-  return {chunk, chunks};
+  chunk = std::max<int64_t>(kAlign, (chunk + kAlign - 1) / kAlign * kAlign);
+  return {chunk, std::max<int64_t>(1, (dim + chunk - 1) / chunk)};
 }
 
-// Integer workspace of a one-launch reduction: per-chunk tie counts, then the finished-blocks counter,
-// zeroed by a memset (a copy-engine op, not a kernel launch; capturable in a CUDA graph).
+// Integer workspace of a one-launch reduction: per-chunk linf tie counts (64-bit: a chunk may hold more than
+// 2^31 tied entries), then the finished-blocks counter, zeroed by a memset (a copy-engine op, not a kernel
+// launch; capturable in a CUDA graph).
 struct Scratch {
   at::Tensor buffer;
-  int32_t* partial_ties;
+  int64_t* partial_ties;
   unsigned int* counter;
 
-  Scratch(int64_t partials, const at::TensorOptions& ints) : buffer(at::empty({partials + 1}, ints)) {
-    partial_ties = buffer.data_ptr<int32_t>();
+  Scratch(int64_t partials, const at::TensorOptions& opts) : buffer(at::empty({partials + 1}, opts.dtype(at::kLong))) {
+    partial_ties = buffer.data_ptr<int64_t>();
     counter = reinterpret_cast<unsigned int*>(partial_ties + partials);
     C10_CUDA_CHECK(cudaMemsetAsync(counter, 0, sizeof(unsigned int), c10::cuda::getCurrentCUDAStream()));
   }
@@ -159,10 +158,20 @@ void check_scores(const at::Tensor& scores, const at::Tensor& grad, at::ScalarTy
   TORCH_CHECK(scores.numel() == grad.size(0), "scores must hold one score per sample of grad");
 }
 
-// P = λ · R_i h(‖g_i‖) + ε · mean_i f_i² and what the backward needs: (P, norms, coef, factor).
+// AMP's 1/scale as a float32 device scalar, read by the kernels (no host sync).
+const float* grad_scale_ptr(const std::optional<at::Tensor>& grad_scale, const at::Tensor& grad) {
+  if (!grad_scale.has_value()) return nullptr;
+  CHECK_SAME_DEVICE(*grad_scale, grad);
+  CHECK_DTYPE(*grad_scale, at::kFloat);
+  TORCH_CHECK(grad_scale->numel() == 1, "grad_scale must hold one number, got shape ", grad_scale->sizes());
+  return grad_scale->data_ptr<float>();
+}
+
+// P = λ · R_i h(‖s·g_i‖) + ε · mean_i f_i² and what the backward needs: (P, norms, coef, factor).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> penalty_fwd(
     const at::Tensor& grad, const std::optional<at::Tensor>& scores, const std::string& norm,
-    const std::string& constraint, double center, double weight, const std::string& reduction, double output_weight) {
+    const std::string& constraint, double center, double weight, const std::string& reduction, double output_weight,
+    const std::optional<at::Tensor>& grad_scale) {
   check_grad(grad);
   const at::cuda::CUDAGuard guard(grad.device());
   const int64_t batch = grad.size(0), dim = grad.numel() / batch;
@@ -173,7 +182,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> penalty_fwd(
   at::Tensor penalty = at::empty({}, opts), norms = at::empty({batch}, opts);
   at::Tensor coef = at::empty({batch}, opts), factor = at::empty({batch}, opts);
   at::Tensor partials = at::empty({batch * split.chunks}, opts);
-  const Scratch scratch(batch * split.chunks, grad.options().dtype(at::kInt));
+  const Scratch scratch(batch * split.chunks, grad.options());
 
   PenaltyFwdParams p{};
   p.grad = grad.data_ptr();
@@ -185,6 +194,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> penalty_fwd(
   p.partials = partials.data_ptr();
   p.partial_ties = scratch.partial_ties;
   p.counter = scratch.counter;
+  p.grad_scale = grad_scale_ptr(grad_scale, grad);
   p.batch = batch;
   p.dim = dim;
   p.chunk = split.chunk;
@@ -204,7 +214,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> penalty_fwd(
 std::tuple<at::Tensor, at::Tensor> penalty_bwd(const at::Tensor& grad_penalty, const std::optional<at::Tensor>& grad_norms,
                                                const at::Tensor& grad, const std::optional<at::Tensor>& scores,
                                                const at::Tensor& norms, const at::Tensor& coef, const at::Tensor& factor,
-                                               const std::string& norm, double output_weight) {
+                                               const std::string& norm, double output_weight,
+                                               const std::optional<at::Tensor>& grad_scale) {
   check_grad(grad);
   const at::cuda::CUDAGuard guard(grad.device());
   const int64_t batch = grad.size(0), dim = grad.numel() / batch;
@@ -231,6 +242,7 @@ std::tuple<at::Tensor, at::Tensor> penalty_bwd(const at::Tensor& grad_penalty, c
   p.factor = factor.data_ptr();
   p.grad_grad = grad_grad.data_ptr();
   p.grad_scores = scores.has_value() ? grad_scores.data_ptr() : nullptr;
+  p.grad_scale = grad_scale_ptr(grad_scale, grad);
   p.batch = batch;
   p.dim = dim;
   p.chunk = split.chunk;
@@ -255,7 +267,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> normalize_fwd(const at::Tensor& s
   const Split split = split_rows(batch, dim);
   at::Tensor out = at::empty_like(scores), norms = at::empty({batch}, opts), factor = at::empty({batch}, opts);
   at::Tensor partials = at::empty({batch * split.chunks}, opts);
-  const Scratch scratch(batch * split.chunks, grad.options().dtype(at::kInt));
+  const Scratch scratch(batch * split.chunks, grad.options());
 
   NormalizeFwdParams p{};
   p.scores = scores.data_ptr();
@@ -415,10 +427,10 @@ TORCH_LIBRARY(fastgp_cuda, m) {
   // penalty_* and normalize_* have the schemas of the Triton ops (fastgp::, fastgp/ops/), argument names included.
   m.def(
       "penalty_fwd(Tensor grad, Tensor? scores, str norm, str constraint, float center, float weight, str reduction, "
-      "float output_weight) -> (Tensor, Tensor, Tensor, Tensor)");
+      "float output_weight, Tensor? grad_scale=None) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "penalty_bwd(Tensor dp, Tensor? dnorms, Tensor grad, Tensor? scores, Tensor norms, Tensor coef, Tensor factor, "
-      "str norm, float output_weight) -> (Tensor, Tensor)");
+      "str norm, float output_weight, Tensor? grad_scale=None) -> (Tensor, Tensor)");
   m.def("normalize_fwd(Tensor scores, Tensor grad, str mode, str norm) -> (Tensor, Tensor, Tensor)");
   m.def(
       "normalize_bwd(Tensor dout, Tensor scores, Tensor grad, Tensor norms, Tensor factor, str mode, str norm) "

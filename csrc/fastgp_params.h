@@ -11,6 +11,10 @@
 
 namespace fastgp {
 
+// Resident blocks an SM that every kernel is compiled for (__launch_bounds__), and that split_rows in
+// fastgp_api.cpp plans the work of a small batch for: four blocks of 256 threads with up to 64 registers each.
+constexpr int kMinBlocksPerSm = 4;
+
 // Element type of `grad` / `real`; the accumulation type is float64 for kDouble, else float32 (SPEC.md §3).
 enum class DType : int { kHalf, kBFloat16, kFloat, kDouble };
 enum class Norm : int { kL2, kL1, kLinf };
@@ -30,8 +34,9 @@ struct PenaltyFwdParams {
   void* coef;            // (B,) accumulation dtype: ∂P/∂n_i
   void* factor;          // (B,) accumulation dtype: ∂n_i/∂g_i's per-row factor (common.cuh)
   void* partials;        // (B, chunks) accumulation dtype workspace
-  int32_t* partial_ties; // (B, chunks) workspace (linf)
+  int64_t* partial_ties; // (B, chunks) workspace: linf tie counts
   unsigned int* counter; // one zeroed word: blocks that finished their chunk
+  const float* grad_scale; // () float32: the norms are of grad_scale·grad (AMP's 1/scale), or nullptr (1)
   int64_t batch, dim, chunk, chunks;
   double center, weight, output_weight;
   DType dtype;
@@ -50,6 +55,7 @@ struct PenaltyBwdParams {
   const void* factor;       // (B,)
   void* grad_grad;          // (B, d) like grad
   void* grad_scores;        // (B,) accumulation dtype, or nullptr
+  const float* grad_scale;  // () float32, as the forward's, or nullptr
   int64_t batch, dim, chunk, chunks;
   double output_weight;
   DType dtype;
@@ -63,7 +69,7 @@ struct NormalizeFwdParams {
   void* norms;           // (B,) accumulation dtype: ‖g_i‖ (gn) or ‖1 - g_i‖ (pgn)
   void* factor;          // (B,) accumulation dtype
   void* partials;        // (B, chunks)
-  int32_t* partial_ties; // (B, chunks)
+  int64_t* partial_ties; // (B, chunks) workspace: linf tie counts
   unsigned int* counter; // one zeroed word
   int64_t batch, dim, chunk, chunks;
   DType dtype;

@@ -8,9 +8,9 @@ cudaError_t launch_interpolate_bwd(const InterpolateBwdParams& p, cudaStream_t s
   dispatch_dtype(p.dtype, [&](auto tag) {
     using scalar_t = typename decltype(tag)::type;
     if (p.points == Points::kInterpolate) {
-      interpolate_bwd_kernel<scalar_t, Points::kInterpolate><<<grid_size(p.batch * p.chunks), kThreads, 0, stream>>>(p);
+      launch<interpolate_bwd_kernel<scalar_t, Points::kInterpolate>>(p.batch * p.chunks, stream, p);
     } else {
-      interpolate_bwd_kernel<scalar_t, Points::kDragan><<<grid_size(p.batch * p.chunks), kThreads, 0, stream>>>(p);
+      launch<interpolate_bwd_kernel<scalar_t, Points::kDragan>>(p.batch * p.chunks, stream, p);
     }
   });
   return cudaGetLastError();

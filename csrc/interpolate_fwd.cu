@@ -1,4 +1,7 @@
 // Instantiates the interpolation forward with PyTorch's Philox state (kernels/interpolate.cuh).
+// PhiloxUtils.cuh's unpack returns a std::tuple, but some torch releases (2.11) do not include <tuple> there.
+#include <tuple>
+
 #include <ATen/cuda/PhiloxUtils.cuh>
 
 #include "interpolate_launch.h"
@@ -26,9 +29,9 @@ cudaError_t launch_interpolate_fwd(const InterpolateParams& p, at::PhiloxCudaSta
   dispatch_dtype(p.dtype, [&](auto tag) {
     using scalar_t = typename decltype(tag)::type;
     if (p.points == Points::kInterpolate) {
-      interpolate_fwd_kernel<scalar_t, Points::kInterpolate><<<grid_size(p.batch * p.chunks), kThreads, 0, stream>>>(p, rng);
+      launch<interpolate_fwd_kernel<scalar_t, Points::kInterpolate, TorchPhilox>>(p.batch * p.chunks, stream, p, rng);
     } else {
-      interpolate_fwd_kernel<scalar_t, Points::kDragan><<<grid_size(p.batch * p.chunks), kThreads, 0, stream>>>(p, rng);
+      launch<interpolate_fwd_kernel<scalar_t, Points::kDragan, TorchPhilox>>(p.batch * p.chunks, stream, p, rng);
     }
   });
   return cudaGetLastError();

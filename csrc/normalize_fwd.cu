@@ -10,9 +10,9 @@ cudaError_t launch_normalize_fwd(const NormalizeFwdParams& p, cudaStream_t strea
     dispatch_norm(p.norm, [&](auto norm) {
       constexpr Norm N = decltype(norm)::value;
       if (p.mode == Mode::kGn) {
-        normalize_fwd_kernel<scalar_t, N, false><<<grid_size(p.batch * p.chunks), kThreads, 0, stream>>>(p);
+        launch<normalize_fwd_kernel<scalar_t, N, false>>(p.batch * p.chunks, stream, p);
       } else {
-        normalize_fwd_kernel<scalar_t, N, true><<<grid_size(p.batch * p.chunks), kThreads, 0, stream>>>(p);
+        launch<normalize_fwd_kernel<scalar_t, N, true>>(p.batch * p.chunks, stream, p);
       }
     });
   });

@@ -8,7 +8,7 @@ cudaError_t launch_penalty_bwd(const PenaltyBwdParams& p, cudaStream_t stream) {
   dispatch_dtype(p.dtype, [&](auto tag) {
     using scalar_t = typename decltype(tag)::type;
     dispatch_norm(p.norm, [&](auto norm) {
-      penalty_bwd_kernel<scalar_t, decltype(norm)::value><<<grid_size(p.batch * p.chunks), kThreads, 0, stream>>>(p);
+      launch<penalty_bwd_kernel<scalar_t, decltype(norm)::value>>(p.batch * p.chunks, stream, p);
     });
   });
   return cudaGetLastError();

@@ -4,7 +4,8 @@ A backend module in the sense of `fastgp.backends`: the functions of `fastgp.ref
 signatures and semantics (SPEC.md), plus `status()`. The extension is the AOT build `fastgp._C` when
 ``pip install --no-build-isolation .`` found a CUDA torch and nvcc; otherwise the first call compiles it
 with ninja into a cache directory (JIT, `torch.utils.cpp_extension.load`). This module owns the Python
-side of the ops: fake (meta) implementations and autograd formulas, registered on the C++-defined ops.
+side of the ops: fake (meta) implementations and autograd formulas, registered on the C++-defined ops for
+torch.compile and opcheck, and called eagerly through plain autograd Functions, one op call each way.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import importlib.util
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -169,12 +171,12 @@ def _register() -> None:
         return grad_out.new_empty((), dtype=_acc(grad_out)), grad_out.new_empty(0, dtype=_acc(grad_out))
 
     @torch.library.register_fake(lib + "penalty_fwd")
-    def _(grad, scores, norm, constraint, center, weight, reduction, output_weight):
+    def _(grad, scores, norm, constraint, center, weight, reduction, output_weight, grad_scale=None):
         batch, acc = grad.shape[0], _acc(grad)
         return grad.new_empty((), dtype=acc), *(grad.new_empty(batch, dtype=acc) for _ in range(3))
 
     @torch.library.register_fake(lib + "penalty_bwd")
-    def _(dp, dnorms, grad, scores, norms, coef, factor, norm, output_weight):
+    def _(dp, dnorms, grad, scores, norms, coef, factor, norm, output_weight, grad_scale=None):
         return torch.empty_like(grad), (torch.empty_like(scores) if scores is not None else norms.new_empty(0))
 
     @torch.library.register_fake(lib + "normalize_fwd")
@@ -186,82 +188,132 @@ def _register() -> None:
     def _(dout, scores, grad, norms, factor, mode, norm):
         return torch.empty_like(scores), torch.empty_like(grad)
 
-    # interpolate: ∂x̂/∂real = α, ∂x̂/∂fake = 1 - α; dragan: ∂x̂/∂real = I, ∂x̂/∂scale = α·u (u replayed
-    # from the saved Philox state), and autograd takes ∂/∂scale on through torch's std().
-    def interpolate_setup(ctx, inputs, output):
-        ctx.points = inputs[3]
-        # u is replayed by storage position in real's layout; the incoming gradient must be read in it.
+    torch.library.register_autograd(lib + "interpolate", _interpolate_backward, setup_context=_interpolate_setup)
+    torch.library.register_autograd(lib + "penalty_fwd", _penalty_backward, setup_context=_penalty_setup)
+    torch.library.register_autograd(lib + "normalize_fwd", _normalize_backward, setup_context=_normalize_setup)
+    _EAGER.update(
+        interpolate=_eager_function(ops.interpolate.default, _interpolate_setup, _interpolate_backward),
+        penalty=_eager_function(ops.penalty_fwd.default, _penalty_setup, _penalty_backward),
+        normalize=_eager_function(ops.normalize_fwd.default, _normalize_setup, _normalize_backward),
+    )
+
+
+# Eager calls go through these plain autograd Functions: the op's own formulas (below), with none of the
+# per-call cost of the custom-op autograd wrapper; compiled graphs (torch.compile) use the registration.
+_EAGER: dict[str, type[torch.autograd.Function]] = {}
+
+
+def _eager_function(op: Callable, setup: Callable, backward: Callable) -> type[torch.autograd.Function]:
+    """An autograd Function that calls `op` once (below the Autograd key) with `setup` and `backward`."""
+
+    class Fused(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *inputs):
+            with torch._C._AutoDispatchBelowAutograd():
+                output = op(*inputs)
+            setup(ctx, inputs, output)
+            return output
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward(ctx, *grads)
+
+    Fused.__name__ = Fused.__qualname__ = op.name().replace("fastgp_cuda::", "fastgp_cuda_")
+    return Fused
+
+
+def _fused(name: str, op: Callable) -> Callable:
+    """The eager Function of op `name`, or the op itself while torch.compile traces."""
+    return op if torch.compiler.is_compiling() else _EAGER[name].apply
+
+
+# interpolate: ∂x̂/∂real = α, ∂x̂/∂fake = 1 - α; dragan: ∂x̂/∂real = I, ∂x̂/∂scale = α·u (u replayed
+# from the saved Philox state), and autograd takes ∂/∂scale on through torch's std().
+def _interpolate_setup(ctx, inputs, output):
+    ctx.points = inputs[3]
+    if ctx.points == "dragan":  # u is replayed by storage position in real's layout: read the gradient in it
         ctx.layout = torch.empty_like(inputs[0], device="meta")
-        ctx.save_for_backward(output[1], output[2])
-        ctx.mark_non_differentiable(output[1], output[2])
-
-    def interpolate_backward(ctx, grad_x_hat, _grad_alpha, _grad_rng):
-        alpha, rng_state = ctx.saved_tensors
-        if ctx.points == "dragan":
-            grad_scale, _ = ops.interpolate_bwd(_layout.like(grad_x_hat, ctx.layout), alpha, rng_state, "dragan")
-            return grad_x_hat, None, grad_scale, None, None
-        if torch.is_grad_enabled():  # create_graph=True: stay differentiable
-            a = alpha.view(-1, *([1] * (grad_x_hat.dim() - 1)))
-            return (a * grad_x_hat).to(grad_x_hat.dtype), ((1 - a) * grad_x_hat).to(grad_x_hat.dtype), None, None, None
-        grad_real, grad_fake = ops.interpolate_bwd(_layout.as_rows(grad_x_hat), alpha, rng_state, "interpolate")
-        return grad_real, grad_fake, None, None, None
-
-    torch.library.register_autograd(lib + "interpolate", interpolate_backward, setup_context=interpolate_setup)
-
-    # ∂P/∂g_i = (λ/B)·h'(n_i)·∂n_i/∂g_i (or λ/k on the k maxima), ∂P/∂f_i = (2ε/B)·f_i: SPEC.md §3.
-    def penalty_setup(ctx, inputs, output):
-        grad, scores, norm, constraint, center, weight, reduction, output_weight = inputs
-        _, norms, coef, factor = output
-        ctx.args = (norm, constraint, center, weight, reduction, output_weight)
-        ctx.save_for_backward(grad, scores, norms, coef, factor)
-        ctx.mark_non_differentiable(coef, factor)
-
-    def penalty_backward(ctx, dp, dnorms, _dcoef, _dfactor):
-        grad, scores, norms, coef, factor = ctx.saved_tensors
-        norm, constraint, center, weight, reduction, output_weight = ctx.args
-        if torch.is_grad_enabled():  # create_graph=True: differentiate the reference formulas instead
-
-            def fn(g, s):
-                kw = dict(norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction)
-                return reference.penalty_from_grad(g, scores=s, output_weight=output_weight, **kw)
-
-            return (*reference.vjp(fn, (grad, scores), (dp, dnorms)), *([None] * 6))
-        if dp is None:
-            dp = norms.new_zeros(())
-        dnorms = None if dnorms is None else dnorms.contiguous()
-        dgrad, dscores = ops.penalty_bwd(
-            dp.to(norms.dtype), dnorms, grad, scores, norms, coef, factor, norm, output_weight
-        )
-        return dgrad, (dscores if scores is not None else None), *([None] * 6)
-
-    torch.library.register_autograd(lib + "penalty_fwd", penalty_backward, setup_context=penalty_setup)
-
-    # ∂f̂/∂f = s·n/q², ∂f̂/∂g = -(u/q²)·∂n/∂g: SPEC.md §4.
-    def normalize_setup(ctx, inputs, output):
-        scores, grad, mode, norm = inputs
-        ctx.args = (mode, norm)
-        ctx.save_for_backward(scores, grad, output[1], output[2])
-        ctx.mark_non_differentiable(output[1], output[2])
-
-    def normalize_backward(ctx, dout, _dnorms, _dfactor):
-        scores, grad, norms, factor = ctx.saved_tensors
-        mode, norm = ctx.args
-        if torch.is_grad_enabled():
-
-            def fn(s, g):
-                return reference.normalize(s, g, mode, norm)
-
-            return (*reference.vjp(fn, (scores, grad), (dout,)), None, None)
-        dscores, dgrad = ops.normalize_bwd(dout.contiguous(), scores, grad, norms, factor, mode, norm)
-        return dscores, dgrad, None, None
-
-    torch.library.register_autograd(lib + "normalize_fwd", normalize_backward, setup_context=normalize_setup)
+    ctx.save_for_backward(output[1], output[2])
+    ctx.mark_non_differentiable(output[1], output[2])
 
 
+def _interpolate_backward(ctx, grad_x_hat, _grad_alpha, _grad_rng):
+    alpha, rng_state = ctx.saved_tensors
+    bwd = torch.ops.fastgp_cuda.interpolate_bwd.default
+    if ctx.points == "dragan":
+        grad_scale, _ = bwd(_layout.like(grad_x_hat, ctx.layout), alpha, rng_state, "dragan")
+        return grad_x_hat, None, grad_scale, None, None
+    if torch.is_grad_enabled():  # create_graph=True: stay differentiable
+        a = alpha.view(-1, *([1] * (grad_x_hat.dim() - 1)))
+        return (a * grad_x_hat).to(grad_x_hat.dtype), ((1 - a) * grad_x_hat).to(grad_x_hat.dtype), None, None, None
+    grad_real, grad_fake = bwd(_layout.as_rows(grad_x_hat), alpha, rng_state, "interpolate")
+    return grad_real, grad_fake, None, None, None
+
+
+# ∂P/∂g_i = s·(λ/B)·h'(n_i)·∂n_i/∂g_i at s·g_i (or λ/k on the k maxima), ∂P/∂f_i = (2ε/B)·f_i: SPEC.md §3,
+# with s = grad_scale (1 when None).
+def _penalty_setup(ctx, inputs, output):
+    grad, scores, norm, constraint, center, weight, reduction, output_weight, *grad_scale = inputs
+    _, norms, coef, factor = output
+    ctx.args = (norm, constraint, center, weight, reduction, output_weight)
+    ctx.save_for_backward(grad, scores, norms, coef, factor, grad_scale[0] if grad_scale else None)
+    ctx.mark_non_differentiable(coef, factor)
+
+
+def _penalty_backward(ctx, dp, dnorms, _dcoef, _dfactor):
+    grad, scores, norms, coef, factor, grad_scale = ctx.saved_tensors
+    norm, constraint, center, weight, reduction, output_weight = ctx.args
+    if torch.is_grad_enabled():  # create_graph=True: differentiate the reference formulas instead
+
+        def fn(g, s):
+            kw = dict(norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction)
+            if grad_scale is not None:
+                g = g.to(norms.dtype) * grad_scale.reshape(())
+            return reference.penalty_from_grad(g, scores=s, output_weight=output_weight, **kw)
+
+        return (*reference.vjp(fn, (grad, scores), (dp, dnorms)), *([None] * 7))
+    if dp is None:
+        dp = norms.new_zeros(())
+    elif dp.dtype != norms.dtype:
+        dp = dp.to(norms.dtype)
+    if dnorms is not None and not dnorms.is_contiguous():
+        dnorms = dnorms.contiguous()
+    dgrad, dscores = torch.ops.fastgp_cuda.penalty_bwd.default(
+        dp, dnorms, grad, scores, norms, coef, factor, norm, output_weight, grad_scale
+    )
+    return dgrad, (dscores if scores is not None else None), *([None] * 7)
+
+
+# ∂f̂/∂f = s·n/q², ∂f̂/∂g = -(u/q²)·∂n/∂g: SPEC.md §4.
+def _normalize_setup(ctx, inputs, output):
+    scores, grad, mode, norm = inputs
+    ctx.args = (mode, norm)
+    ctx.save_for_backward(scores, grad, output[1], output[2])
+    ctx.mark_non_differentiable(output[1], output[2])
+
+
+def _normalize_backward(ctx, dout, _dnorms, _dfactor):
+    scores, grad, norms, factor = ctx.saved_tensors
+    mode, norm = ctx.args
+    if torch.is_grad_enabled():
+
+        def fn(s, g):
+            return reference.normalize(s, g, mode, norm)
+
+        return (*reference.vjp(fn, (scores, grad), (dout,)), None, None)
+    dscores, dgrad = torch.ops.fastgp_cuda.normalize_bwd.default(
+        dout.contiguous(), scores, grad, norms, factor, mode, norm
+    )
+    return dscores, dgrad, None, None
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The backend functions (fastgp.reference's signatures). Arguments arrive validated by fastgp.api.
+
+
+def _rows(t: Tensor) -> Tensor:
+    """`t` read as rows (`fastgp._layout`), with the common contiguous case first."""
+    return t if t.is_contiguous() else _layout.as_rows(t)
 
 
 def _seed(seed: int | None) -> int | None:
@@ -290,15 +342,16 @@ def interpolate(
     if _how is None:
         _load()
     assert real is not None
-    x = _layout.as_rows(real)
+    x = _rows(real)
+    op = _fused("interpolate", torch.ops.fastgp_cuda.interpolate.default)
     if points == "interpolate":
         assert fake is not None
         y = _layout.like(fake, x)
-        x_hat, alpha, _ = torch.ops.fastgp_cuda.interpolate(x, y, None, "interpolate", _seed(seed))
+        x_hat, alpha, _ = op(x, y, None, "interpolate", _seed(seed))
     else:
         # std over the whole real batch, unbiased (DRAGAN's reference code); autograd differentiates it.
         scale = 0.5 * real.to(_acc(real)).std()
-        x_hat, alpha, _ = torch.ops.fastgp_cuda.interpolate(x, None, scale, "dragan", _seed(seed))
+        x_hat, alpha, _ = op(x, None, scale, "dragan", _seed(seed))
     return x_hat, alpha
 
 
@@ -312,19 +365,24 @@ def penalty_from_grad(
     reduction: str = "mean",
     scores: Tensor | None = None,
     output_weight: float = 0.0,
+    grad_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``P = λ · R_i h(n_i) + ε · mean_i f_i²`` (SPEC.md §3) in one kernel; returns `(P, norms)`.
 
     Per-chunk partial norms are combined in a fixed order by the last block (deterministic); L∞ keeps
     the count of tied maxima so that ties share the gradient. The backward is one kernel too.
+    `grad_scale`, a one-element float32 tensor on grad's device (AMP: ``1 / scaler.get_scale()`` kept as a
+    tensor), makes it ``P(grad_scale · grad)`` with the factor in the gradient, read in-kernel (no host sync,
+    no extra pass over grad).
     """
     f = None
     if output_weight != 0.0 and scores is not None:
         f = reference.score_sums(scores, grad.dtype).to(_acc(grad)).contiguous()  # f_i, the kernel's dtype
     if _how is None:
         _load()
-    penalty, norms, _, _ = torch.ops.fastgp_cuda.penalty_fwd(
-        _layout.as_rows(grad), f, norm, constraint, float(center), float(weight), reduction, float(output_weight)
+    op = _fused("penalty", torch.ops.fastgp_cuda.penalty_fwd.default)
+    penalty, norms, _, _ = op(
+        _rows(grad), f, norm, constraint, float(center), float(weight), reduction, float(output_weight), grad_scale
     )
     return penalty, norms
 
@@ -340,5 +398,5 @@ def normalize(scores: Tensor, grad: Tensor, mode: str = "gn", norm: str = "l2") 
     f = scores.reshape(-1).to(acc).contiguous()
     if _how is None:
         _load()
-    out, _, _ = torch.ops.fastgp_cuda.normalize_fwd(f, _layout.as_rows(g), mode, norm)
+    out, _, _ = _fused("normalize", torch.ops.fastgp_cuda.normalize_fwd.default)(f, _rows(g), mode, norm)
     return out.reshape(scores.shape).to(scores.dtype)

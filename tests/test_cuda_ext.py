@@ -59,6 +59,19 @@ def test_compile_check_full():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_kernel_rules_on_the_host(tmp_path):
+    """csrc/kernels/rules.cuh compiled for the CPU: a NaN norm has a NaN slope under every constraint (so a
+    NaN row's gradient is all NaN, hinge included), and linf tie counts add up past 2^31."""
+    cxx, home = shutil.which(os.environ.get("CXX", "g++")), _build.cuda_home()
+    if cxx is None or home is None:
+        pytest.skip("needs a C++ compiler and the CUDA headers")
+    exe = tmp_path / "rules_check"
+    compile_cmd = [cxx, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-isystem", str(Path(home) / "include")]
+    subprocess.run([*compile_cmd, str(CSRC / "tests" / "rules_check.cpp"), "-o", str(exe)], check=True, timeout=300)
+    done = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "rules_check: ok", done.stdout
+
+
 def test_backends_reports_cuda_and_why_not():
     status = backends.backends()["cuda"]
     if not torch.cuda.is_available():
@@ -222,6 +235,9 @@ def test_python_glue_on_meta_tensors(monkeypatch):
         # create_graph=True: the backward falls back to the reference formulas and stays differentiable.
         (gg,) = torch.autograd.grad(_cuda.penalty_from_grad(g)[0], g, create_graph=True)
         assert gg.requires_grad
+        inv_scale = torch.empty(1, device="meta")
+        (gg,) = torch.autograd.grad(_cuda.penalty_from_grad(g, grad_scale=inv_scale)[0], g)
+        assert gg.shape == g.shape and gg.dtype == dtype
     # opcheck on meta tensors: schema, fake impls, autograd registration and AOT dispatch, without a GPU.
     ops = torch.ops.fastgp_cuda
     grad = torch.randn(3, 5, 7, device="meta", requires_grad=True)
@@ -230,6 +246,7 @@ def test_python_glue_on_meta_tensors(monkeypatch):
     for op, args in [
         (ops.penalty_fwd, (grad, scores, "linf", "ls", 1.0, 10.0, "mean", 0.1)),
         (ops.penalty_fwd, (grad, None, "l2", "hinge", 1.0, 10.0, "max", 0.0)),
+        (ops.penalty_fwd, (grad, None, "l1", "ls", 1.0, 10.0, "mean", 0.0, torch.ones(1, device="meta"))),
         (ops.normalize_fwd, (scores, grad, "pgn", "l1")),
         (ops.interpolate, (grad, torch.randn_like(grad, requires_grad=True), None, "interpolate", 5)),
         (ops.interpolate, (grad, None, scale, "dragan", 5)),
@@ -344,6 +361,42 @@ def test_penalty_corner_cases(ext):
 
 
 @gpu
+@pytest.mark.parametrize("norm", reference.NORMS)
+@pytest.mark.parametrize("constraint", reference.CONSTRAINTS)
+@pytest.mark.parametrize("reduction", reference.REDUCTIONS)
+def test_nan_row_has_an_all_nan_gradient(ext, norm, constraint, reduction):
+    """SPEC.md §3, NaN in, NaN out: the hinge's slope of a NaN norm is NaN, not 1 (nor 0 off the linf maxima)."""
+    grad = torch.tensor([[0.5, float("nan"), 2.0], [3.0, 1.0, 0.0]], device="cuda", requires_grad=True)
+    penalty, _ = _cuda.penalty_from_grad(grad, norm=norm, constraint=constraint, reduction=reduction)
+    penalty.backward()
+    assert torch.isnan(penalty)
+    assert torch.isnan(grad.grad[0]).all(), grad.grad
+    if reduction == "mean":
+        assert not torch.isnan(grad.grad[1]).any(), grad.grad
+
+
+@gpu
+@pytest.mark.parametrize("dtype,atol,rtol", DTYPES)
+@pytest.mark.parametrize("norm", reference.NORMS)
+def test_grad_scale_is_the_penalty_of_the_unscaled_gradient(ext, dtype, atol, rtol, norm):
+    """AMP: P(s·g) with ∂/∂g = s·P'(s·g), s read from a device tensor, against the reference formula."""
+    torch.manual_seed(0)
+    acc = reference.acc_dtype(dtype)
+    scaled = (torch.randn(4, 3, 17, 19, device="cuda") * 0.05 * 1024).to(dtype)  # as a GradScaler leaves it
+    inv_scale = torch.full((1,), 1 / 1024, device="cuda")
+    kw = dict(norm=norm, constraint="ls", center=0.7, weight=3.0)
+    g = scaled.clone().requires_grad_()
+    penalty, norms = _cuda.penalty_from_grad(g, grad_scale=inv_scale, **kw)
+    penalty.backward()
+    r = scaled.clone().requires_grad_()
+    ref_penalty, ref_norms = reference.penalty_from_grad(r.to(acc) * inv_scale.to(acc).reshape(()), **kw)
+    ref_penalty.backward()
+    _close(penalty, ref_penalty, atol, rtol, "penalty")
+    _close(norms, ref_norms, atol, rtol, "norms")
+    _close(g.grad, r.grad, atol, rtol, "d/dgrad")
+
+
+@gpu
 def test_penalty_fp16_large_gradients_do_not_overflow(ext):
     grad = (torch.randn(8, 4096, device="cuda") * 1e3).half()
     penalty, norms = _cuda.penalty_from_grad(grad)
@@ -420,6 +473,40 @@ def test_channels_last_is_processed_in_place(ext):
     y = torch.randn_like(x).to(memory_format=torch.channels_last)
     x_hat, _ = _cuda.interpolate(cl.detach(), y, seed=3)
     assert x_hat.is_contiguous(memory_format=torch.channels_last)
+
+
+def _offset_view(shape, dtype, offset):
+    """A dense tensor whose data starts `offset` elements into its storage: 16-byte alignment broken."""
+    numel = torch.Size(shape).numel()
+    return torch.randn(numel + offset, device="cuda").to(dtype)[offset:].view(shape)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_misaligned_storage_matches_aligned(ext, dtype):
+    """Rows off a 16-byte boundary (scalar head), and inputs misaligned with each other (scalar path)."""
+    shape = (3, 4099)
+    for offset in (1, 3):
+        grad = _offset_view(shape, dtype, offset)
+        assert grad.data_ptr() % 16 != 0
+        aligned = grad.clone()
+        for norm in reference.NORMS:
+            (p, n, gg, _), (rp, rn, rgg, _) = _penalty_both(grad, None, norm=norm, center=0.5)
+            _close(n, rn, 1e-2, 2e-2, f"norms {norm}")
+            if norm == "linf":  # a maximum does not depend on the order the elements were visited in
+                assert torch.equal(n, _cuda.penalty_from_grad(aligned, norm=norm, center=0.5)[1])
+            _close(p, rp, 1e-2, 2e-2, f"penalty {norm}")
+            _close(gg, rgg, 1e-2, 2e-2, f"d/dgrad {norm}")
+        fake = torch.randn(shape, device="cuda").to(dtype)  # aligned while real is not
+        for real in (grad, aligned):
+            x_hat, alpha = _cuda.interpolate(real, fake, "interpolate", seed=9)
+            a = alpha.view(-1, 1)
+            acc = reference.acc_dtype(dtype)
+            _close(x_hat, (a * real.to(acc) + (1 - a) * fake.to(acc)).to(dtype), 1e-2, 2e-2, "x̂")
+        # DRAGAN's noise depends on (seed, row, element) only, never on which path drew it.
+        x_mis, _ = _cuda.interpolate(grad, None, "dragan", seed=4)
+        x_al, _ = _cuda.interpolate(aligned, None, "dragan", seed=4)
+        assert torch.equal(x_mis, x_al)
 
 
 @gpu

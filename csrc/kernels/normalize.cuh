@@ -28,44 +28,42 @@ template <Norm N, typename acc_t> __device__ void normalize_finish(const Normali
 }
 
 template <typename scalar_t, Norm N, bool ONE_MINUS>
-__global__ void __launch_bounds__(kThreads) normalize_fwd_kernel(NormalizeFwdParams p) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) normalize_fwd_kernel(const NormalizeFwdParams p) {
   using acc_t = acc_of_t<scalar_t>;
-  const int64_t block = blockIdx.x;
-  const int64_t row = block / p.chunks, begin = (block % p.chunks) * p.chunk;
-  const int64_t end = begin + p.chunk < p.dim ? begin + p.chunk : p.dim;
-  const scalar_t* g = static_cast<const scalar_t*>(p.grad) + row * p.dim;
-  const Partial<acc_t> part = chunk_partial<N, ONE_MINUS, scalar_t, acc_t>(g, begin, end);
-  if (threadIdx.x == 0) {
-    static_cast<acc_t*>(p.partials)[block] = part.value;
-    if constexpr (N == Norm::kLinf) p.partial_ties[block] = part.count;
+  const scalar_t* grad = static_cast<const scalar_t*>(p.grad);
+  for (int64_t item = blockIdx.x; item < p.batch * p.chunks; item += gridDim.x) {
+    const Item it = item_of(item, p.chunks, p.chunk, p.dim);
+    const Partial<acc_t> part =
+        chunk_partial<N, ONE_MINUS, scalar_t, acc_t>(grad + it.row * p.dim, it.begin, it.end, acc_t(1));
+    if (threadIdx.x == 0) {
+      static_cast<acc_t*>(p.partials)[item] = part.value;
+      if constexpr (N == Norm::kLinf) p.partial_ties[item] = part.count;
+    }
   }
   if (last_block_done(p.counter)) normalize_finish<N, acc_t>(p);
 }
 
 template <typename scalar_t, Norm N, bool ONE_MINUS>
-__global__ void __launch_bounds__(kThreads) normalize_bwd_kernel(NormalizeBwdParams p) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) normalize_bwd_kernel(const NormalizeBwdParams p) {
   using acc_t = acc_of_t<scalar_t>;
-  const int64_t block = blockIdx.x;
-  const int64_t row = block / p.chunks, begin = (block % p.chunks) * p.chunk;
-  const int64_t end = begin + p.chunk < p.dim ? begin + p.chunk : p.dim;
-  const acc_t go = static_cast<const acc_t*>(p.grad_out)[row];
-  const acc_t f = static_cast<const acc_t*>(p.scores)[row];
-  const acc_t n = static_cast<const acc_t*>(p.norms)[row];
-  const acc_t u = ONE_MINUS ? acc_t(1) - f : f;
-  const acc_t q = n + fabs(u);
-  const bool empty = q == acc_t(0);
-  if (begin == 0 && threadIdx.x == 0) {
-    const acc_t s = ONE_MINUS ? acc_t(-1) : acc_t(1);
-    static_cast<acc_t*>(p.grad_scores)[row] = empty ? acc_t(0) : go * s * n / (q * q);
-  }
-  // factor = 0 where n = 0: ∂n/∂g is 0 there (PyTorch's vector_norm convention, which SPEC.md §4 inherits).
-  const acc_t scale = empty ? acc_t(0) : go * (ONE_MINUS ? u : -u) / (q * q) * static_cast<const acc_t*>(p.factor)[row];
-  const scalar_t* g = static_cast<const scalar_t*>(p.grad) + row * p.dim;
-  scalar_t* out = static_cast<scalar_t*>(p.grad_grad) + row * p.dim;
-  for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
-    acc_t v = to_acc<acc_t>(g[j]);
-    if constexpr (ONE_MINUS) v = acc_t(1) - v;
-    out[j] = from_acc<scalar_t>(scale * norm_direction<N, acc_t>(v, n));
+  for (int64_t item = blockIdx.x; item < p.batch * p.chunks; item += gridDim.x) {
+    const Item it = item_of(item, p.chunks, p.chunk, p.dim);
+    const acc_t go = static_cast<const acc_t*>(p.grad_out)[it.row];
+    const acc_t f = static_cast<const acc_t*>(p.scores)[it.row];
+    const acc_t n = static_cast<const acc_t*>(p.norms)[it.row];
+    const acc_t u = ONE_MINUS ? acc_t(1) - f : f;
+    const acc_t q = n + fabs(u);
+    const bool empty = q == acc_t(0);
+    if (it.begin == 0 && threadIdx.x == 0) {
+      const acc_t s = ONE_MINUS ? acc_t(-1) : acc_t(1);
+      static_cast<acc_t*>(p.grad_scores)[it.row] = empty ? acc_t(0) : go * s * n / (q * q);
+    }
+    // factor = 0 where n = 0: ∂n/∂g is 0 there (PyTorch's vector_norm convention, which SPEC.md §4 inherits).
+    const acc_t scale =
+        empty ? acc_t(0) : go * (ONE_MINUS ? u : -u) / (q * q) * static_cast<const acc_t*>(p.factor)[it.row];
+    const int64_t offset = it.row * p.dim;
+    write_direction<N, ONE_MINUS>(static_cast<const scalar_t*>(p.grad) + offset,
+                                  static_cast<scalar_t*>(p.grad_grad) + offset, it.begin, it.end, acc_t(1), scale, n);
   }
 }
 

@@ -1,4 +1,5 @@
-// Gradient penalty P = λ · R_i h(‖g_i‖) + ε · mean_i f_i² (SPEC.md §3), forward and backward.
+// Gradient penalty P = λ · R_i h(‖s·g_i‖) + ε · mean_i f_i² (SPEC.md §3; s = 1 but under AMP), forward and
+// backward.
 //
 // Forward is one launch: block (i, c) reduces chunk c of row i to a partial (sum of squares, sum of |g|,
 // or max |g| with its count), and the block that finishes last combines the partials in chunk order,
@@ -11,22 +12,10 @@
 
 namespace fastgp {
 
-template <typename acc_t> __device__ __forceinline__ acc_t constraint_value(Constraint k, acc_t n, acc_t c) {
-  const acc_t t = n - c;
-  if (k == Constraint::kLs) return t * t;
-  // `t > 0 ? t : 0` keeps a NaN norm NaN, like torch.relu.
-  const acc_t r = t > acc_t(0) ? t : (t != t ? t : acc_t(0));
-  return k == Constraint::kHinge ? r : r * r;
-}
-
-// h'(n): the hinge's derivative at n = c is 0 (SPEC.md §3, the `n > c` rule, as relu's in PyTorch).
-// Written with `t <= 0` like relu's backward, so that a NaN norm keeps a NaN (or unit) slope
-// rather than a silent 0.
-template <typename acc_t> __device__ __forceinline__ acc_t constraint_slope(Constraint k, acc_t n, acc_t c) {
-  const acc_t t = n - c;
-  if (k == Constraint::kLs) return acc_t(2) * t;
-  if (k == Constraint::kHinge) return t <= acc_t(0) ? acc_t(0) : acc_t(1);
-  return t <= acc_t(0) ? acc_t(0) : acc_t(2) * t;
+// The factor s of P(s·g), read on the device (no host sync): AMP's 1/scale, so that a GradScaler's scaled
+// gradient is unscaled inside the kernel's single read of it.
+template <typename acc_t> __device__ __forceinline__ acc_t grad_scale(const float* s) {
+  return s != nullptr ? static_cast<acc_t>(*s) : acc_t(1);
 }
 
 template <Norm N, typename acc_t> __device__ void penalty_finish(const PenaltyFwdParams& p) {
@@ -38,7 +27,7 @@ template <Norm N, typename acc_t> __device__ void penalty_finish(const PenaltyFw
   const acc_t center = static_cast<acc_t>(p.center);
   const bool use_max = p.reduction == Reduction::kMax;
   __shared__ acc_t s_h;
-  __shared__ int32_t s_k;
+  __shared__ int64_t s_k;
 
   // Pass 1: norms, R_i h(n_i) (a max carries the count of samples that attain it) and Σ f_i².
   Partial<acc_t> h_acc{use_max ? acc_t(-INFINITY) : acc_t(0), 0};
@@ -74,41 +63,42 @@ template <Norm N, typename acc_t> __device__ void penalty_finish(const PenaltyFw
   }
 }
 
-template <typename scalar_t, Norm N> __global__ void __launch_bounds__(kThreads) penalty_fwd_kernel(PenaltyFwdParams p) {
+template <typename scalar_t, Norm N>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) penalty_fwd_kernel(const PenaltyFwdParams p) {
   using acc_t = acc_of_t<scalar_t>;
-  const int64_t block = blockIdx.x;
-  const int64_t row = block / p.chunks, begin = (block % p.chunks) * p.chunk;
-  const int64_t end = begin + p.chunk < p.dim ? begin + p.chunk : p.dim;
-  const scalar_t* g = static_cast<const scalar_t*>(p.grad) + row * p.dim;
-  const Partial<acc_t> part = chunk_partial<N, false, scalar_t, acc_t>(g, begin, end);
-  if (threadIdx.x == 0) {
-    static_cast<acc_t*>(p.partials)[block] = part.value;
-    if constexpr (N == Norm::kLinf) p.partial_ties[block] = part.count;
+  const scalar_t* grad = static_cast<const scalar_t*>(p.grad);
+  const acc_t s = grad_scale<acc_t>(p.grad_scale);
+  for (int64_t item = blockIdx.x; item < p.batch * p.chunks; item += gridDim.x) {
+    const Item it = item_of(item, p.chunks, p.chunk, p.dim);
+    const Partial<acc_t> part = chunk_partial<N, false, scalar_t, acc_t>(grad + it.row * p.dim, it.begin, it.end, s);
+    if (threadIdx.x == 0) {
+      static_cast<acc_t*>(p.partials)[item] = part.value;
+      if constexpr (N == Norm::kLinf) p.partial_ties[item] = part.count;
+    }
   }
   if (last_block_done(p.counter)) penalty_finish<N, acc_t>(p);
 }
 
-// ∂P/∂g_ij = (gP · coef_i + gN_i) · factor_i · direction(g_ij), which is 0 where n_i = 0 (factor_i = 0);
-// the first thread of each row's first block also writes ∂P/∂f_i = (2ε/B) · f_i · gP.
-template <typename scalar_t, Norm N> __global__ void __launch_bounds__(kThreads) penalty_bwd_kernel(PenaltyBwdParams p) {
+// ∂P/∂g_ij = s · (gP · coef_i + gN_i) · factor_i · direction(s·g_ij), which is 0 where n_i = 0 (factor_i = 0);
+// the first thread of each row's first chunk also writes ∂P/∂f_i = (2ε/B) · f_i · gP.
+template <typename scalar_t, Norm N>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) penalty_bwd_kernel(const PenaltyBwdParams p) {
   using acc_t = acc_of_t<scalar_t>;
   const acc_t gp = *static_cast<const acc_t*>(p.grad_penalty);
-  const int64_t block = blockIdx.x;
-  const int64_t row = block / p.chunks, begin = (block % p.chunks) * p.chunk;
-  const int64_t end = begin + p.chunk < p.dim ? begin + p.chunk : p.dim;
-  if (p.grad_scores != nullptr && begin == 0 && threadIdx.x == 0) {
-    const acc_t fi = static_cast<const acc_t*>(p.scores)[row];
-    static_cast<acc_t*>(p.grad_scores)[row] =
-        acc_t(2) * static_cast<acc_t>(p.output_weight) / static_cast<acc_t>(p.batch) * fi * gp;
-  }
-  const acc_t n = static_cast<const acc_t*>(p.norms)[row];
-  acc_t scale = gp * static_cast<const acc_t*>(p.coef)[row];
-  if (p.grad_norms != nullptr) scale += static_cast<const acc_t*>(p.grad_norms)[row];
-  scale *= static_cast<const acc_t*>(p.factor)[row];
-  const scalar_t* g = static_cast<const scalar_t*>(p.grad) + row * p.dim;
-  scalar_t* out = static_cast<scalar_t*>(p.grad_grad) + row * p.dim;
-  for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
-    out[j] = from_acc<scalar_t>(scale * norm_direction<N, acc_t>(to_acc<acc_t>(g[j]), n));
+  const acc_t s = grad_scale<acc_t>(p.grad_scale);
+  for (int64_t item = blockIdx.x; item < p.batch * p.chunks; item += gridDim.x) {
+    const Item it = item_of(item, p.chunks, p.chunk, p.dim);
+    if (p.grad_scores != nullptr && it.begin == 0 && threadIdx.x == 0) {
+      const acc_t fi = static_cast<const acc_t*>(p.scores)[it.row];
+      static_cast<acc_t*>(p.grad_scores)[it.row] =
+          acc_t(2) * static_cast<acc_t>(p.output_weight) / static_cast<acc_t>(p.batch) * fi * gp;
+    }
+    acc_t scale = gp * static_cast<const acc_t*>(p.coef)[it.row];
+    if (p.grad_norms != nullptr) scale += static_cast<const acc_t*>(p.grad_norms)[it.row];
+    scale *= static_cast<const acc_t*>(p.factor)[it.row] * s;
+    const int64_t offset = it.row * p.dim;
+    write_direction<N, false>(static_cast<const scalar_t*>(p.grad) + offset, static_cast<scalar_t*>(p.grad_grad) + offset,
+                              it.begin, it.end, s, scale, static_cast<const acc_t*>(p.norms)[it.row]);
   }
 }
 

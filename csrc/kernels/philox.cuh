@@ -10,11 +10,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define FASTGP_HD __host__ __device__ __forceinline__
-#else
-#define FASTGP_HD inline
-#endif
+#include "host_device.cuh"
 
 namespace fastgp {
 

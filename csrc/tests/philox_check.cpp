@@ -1,7 +1,7 @@
 // Host check of kernels/philox.cuh, run by compile_check.sh: Random123's known answers for
 // Philox4x32-10 and the [0,1) range of the uniform maps; with -DFASTGP_WITH_TORCH also bit equality with
 // PyTorch's at::philox_engine (documented to reproduce curand_init(seed, subsequence, offset)).
-#include <cstdio>
+#include "expect.h"
 
 #include "../kernels/philox.cuh"
 #ifdef FASTGP_WITH_TORCH
@@ -10,14 +10,7 @@
 
 namespace {
 
-int failures = 0;
-
-void expect(bool ok, const char* what) {
-  if (!ok) {
-    std::printf("FAIL: %s\n", what);
-    ++failures;
-  }
-}
+using fastgp_check::expect;
 
 void known_answer(const uint32_t ctr[4], const uint32_t key[2], const uint32_t want[4], const char* what) {
   fastgp::Philox r(ctr, key);
@@ -61,6 +54,5 @@ int main() {
     }
   }
 #endif
-  if (failures == 0) std::printf("philox_check: ok\n");
-  return failures == 0 ? 0 : 1;
+  return fastgp_check::finish("philox_check");
 }

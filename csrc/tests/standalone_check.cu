@@ -19,9 +19,9 @@ cudaError_t launch_interpolate_fwd_standalone(const InterpolateParams& p, uint64
   dispatch_dtype(p.dtype, [&](auto tag) {
     using scalar_t = typename decltype(tag)::type;
     if (p.points == Points::kInterpolate) {
-      interpolate_fwd_kernel<scalar_t, Points::kInterpolate><<<grid_size(p.batch * p.chunks), kThreads, 0, stream>>>(p, rng);
+      launch<interpolate_fwd_kernel<scalar_t, Points::kInterpolate, FixedSeed>>(p.batch * p.chunks, stream, p, rng);
     } else {
-      interpolate_fwd_kernel<scalar_t, Points::kDragan><<<grid_size(p.batch * p.chunks), kThreads, 0, stream>>>(p, rng);
+      launch<interpolate_fwd_kernel<scalar_t, Points::kDragan, FixedSeed>>(p.batch * p.chunks, stream, p, rng);
     }
   });
   return cudaGetLastError();
