@@ -395,8 +395,10 @@ def normalize(scores: Tensor, grad: Tensor, mode: str = "gn", norm: str = "l2") 
     """
     acc = reference.acc_dtype(scores.dtype, grad.dtype)
     g = grad.to(acc) if acc == torch.float64 else grad
-    f = scores.reshape(-1).to(acc).contiguous()
+    # The op reads one score per sample in storage order, whatever the shape ((B,) or (B, 1)), and returns
+    # f̂ in that shape: no reshape (and no autograd node) in the common float32 case.
+    f = scores if scores.dtype == acc and scores.is_contiguous() else scores.to(acc).contiguous()
     if _how is None:
         _load()
     out, _, _ = _fused("normalize", torch.ops.fastgp_cuda.normalize_fwd.default)(f, _rows(g), mode, norm)
-    return out.reshape(scores.shape).to(scores.dtype)
+    return out if out.dtype == scores.dtype else out.to(scores.dtype)
