@@ -432,9 +432,85 @@ def test_cuda_graph_replays_draw_fresh_alpha():
 
 
 def test_arrival_counter_is_reset_by_each_launch(small_chunks):
-    """The one-launch reductions reuse one counter per (device, stream), left at zero after each call."""
+    """The one-launch reductions reuse one counter per thread and stream, left at zero after each call."""
     grad = randn(3, 70)
     for _ in range(3):
         check_penalty(grad, norm="l2")
         ops.normalize(randn(3), grad)
-        assert _common.arrival_counter(grad.device).item() == 0
+        with _common.arrival_counter(grad.device) as counter:
+            assert counter.item() == 0
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="a compiled kernel cannot be stopped part-way")
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_interrupted_launch_does_not_poison_later_calls(small_chunks, monkeypatch, error):
+    grad, scores = randn(3, 70), randn(3)
+    want = R.penalty_from_grad(grad, norm="l2")[0]
+    original = _common.chunk_partial
+    calls = []
+
+    def stop_at_the_third_program(*args):
+        calls.append(1)
+        if len(calls) == 3:  # two programs have arrived at the counter
+            raise error("stopped")
+        return original(*args)
+
+    monkeypatch.setattr(_common, "chunk_partial", stop_at_the_third_program)
+    with pytest.raises((error, Exception)):
+        ops.penalty_from_grad(grad, norm="l2")
+    monkeypatch.setattr(_common, "chunk_partial", original)
+    torch.testing.assert_close(ops.penalty_from_grad(grad, norm="l2")[0], want)
+    assert_close("f_hat", ops.normalize(scores, grad), R.normalize(scores, grad), R.normalize(scores, grad), grad.dtype)
+
+
+def _launch_in_flight(device) -> None:
+    """Hold this thread's counter with two programs arrived, as a launch still running would."""
+    with _common.arrival_counter(torch.device(device)) as counter:
+        counter += 2
+        _launch_in_flight.ready.set()
+        _launch_in_flight.done.wait(timeout=60)
+        counter.zero_()
+
+
+def test_threads_do_not_share_a_counter(small_chunks):
+    import threading
+
+    _launch_in_flight.ready, _launch_in_flight.done = threading.Event(), threading.Event()
+    other = threading.Thread(target=_launch_in_flight, args=(DEVICE,))
+    other.start()
+    try:
+        assert _launch_in_flight.ready.wait(timeout=60)
+        check_penalty(randn(3, 70), norm="linf", reduction="max")
+        check_normalize(randn(3), randn(3, 70), "gn", "l1")
+    finally:
+        _launch_in_flight.done.set()
+        other.join()
+
+
+def test_streams_do_not_share_a_counter(small_chunks, monkeypatch):
+    monkeypatch.setattr(_common, "stream_id", lambda device: 1)
+    with _common.arrival_counter(torch.device(DEVICE)) as counter:
+        counter += 2  # a launch still running on stream 1
+        monkeypatch.setattr(_common, "stream_id", lambda device: 2)
+        check_penalty(randn(3, 70), norm="l2")
+        counter.zero_()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graphs_replayed_on_two_streams_at_once():
+    grads = [randn(64, 3000), randn(64, 3000, scale=2.0)]
+    want = [ops.penalty_from_grad(g)[0] for g in grads]  # also compiles outside the capture
+    graphs, got = [torch.cuda.CUDAGraph() for _ in grads], []
+    for graph, g in zip(graphs, grads, strict=True):
+        with torch.cuda.graph(graph):
+            got.append(ops.penalty_from_grad(g)[0])
+    streams = [torch.cuda.Stream() for _ in grads]
+    torch.cuda.synchronize()
+    for _ in range(20):
+        for graph, stream in zip(graphs, streams, strict=True):
+            with torch.cuda.stream(stream):
+                graph.replay()
+        torch.cuda.synchronize()
+        for p, w in zip(got, want, strict=True):
+            torch.testing.assert_close(p, w)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import threading
+from collections.abc import Iterator
 
 import torch
 import triton
@@ -32,18 +34,57 @@ NORM_IDS = {"l2": 0, "l1": 1, "linf": 2}
 _TL_ACC = {torch.float64: tl.float64, torch.float32: tl.float32}
 
 
-_COUNTERS: dict[tuple[torch.device, int], Tensor] = {}
+class _Counters(threading.local):
+    """Each thread's arrival counters, by (device, stream id)."""
+
+    def __init__(self) -> None:
+        self.by_stream: dict[tuple[torch.device, int], Tensor] = {}
 
 
-def arrival_counter(device: torch.device) -> Tensor:
-    """The int32 counter of a one-launch reduction: zero on entry, and reset to zero by the last
-    program to arrive, so no zero-fill kernel runs per call. One per (device, stream): launches on
-    different streams (or in a CUDA graph being captured) never share one."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (device, stream)
-    if key not in _COUNTERS:
-        _COUNTERS[key] = torch.zeros(1, dtype=torch.int32, device=device)
-    return _COUNTERS[key]
+_COUNTERS = _Counters()
+
+
+def stream_id(device: torch.device) -> int:
+    """The stream a launch on `device` goes to (0 on the CPU, where the interpreter runs it)."""
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+
+
+@contextlib.contextmanager
+def arrival_counter(device: torch.device) -> Iterator[Tensor]:
+    """The int32 counter a one-launch reduction's programs arrive at, held for one launch.
+
+    The counter is zero on entry and the last program to arrive resets it, so no zero-fill
+    kernel runs per call. That is sound only if no two launches ever count on it at once, and
+    only if every launch that starts counting finishes:
+
+    - Launches that share a counter come from one thread onto one stream (one per thread,
+      device and stream), so the stream orders them. Threads, and streams, never share one.
+    - Under CUDA-graph capture the launch gets a counter of its own, allocated from the graph's
+      private pool and zeroed by a fill captured just before it. A graph may be replayed on any
+      stream, concurrently with other graphs captured on the same stream: no replay shares its
+      counter with any other graph or with eager launches, and each replay starts from zero.
+    - A launch that raised part-way (the interpreter runs programs one after another in
+      Python, so an exception or a signal can stop it with some programs arrived) may have left
+      the count non-zero: its counter is dropped and the next launch makes a fresh one. On a GPU
+      a kernel that started runs to completion unless the context dies with it.
+
+    A fresh zero-filled counter per call would be just as safe and cost a fill launch per call;
+    a counter never reset, with tickets compared modulo the grid, is not safe in either case
+    above (an interleaved or interrupted launch shifts every later ticket).
+    """
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        yield torch.zeros(1, dtype=torch.int32, device=device)
+        return
+    counters = _COUNTERS.by_stream
+    key = (device, stream_id(device))
+    counter = counters.get(key)
+    if counter is None:
+        counter = counters[key] = torch.zeros(1, dtype=torch.int32, device=device)
+    try:
+        yield counter
+    except BaseException:
+        counters.pop(key, None)
+        raise
 
 
 def on_device(t: Tensor) -> contextlib.AbstractContextManager:

@@ -123,9 +123,8 @@ def _normalize_fwd(scores: Tensor, grad: Tensor, mode: str, norm: str) -> tuple[
     block, tiles, n_chunks = C.chunking(d)
     part = torch.empty(B * n_chunks, dtype=acc, device=g.device)
     count = torch.empty(B * n_chunks if norm == "linf" else 1, dtype=torch.int32, device=g.device)
-    counter = C.arrival_counter(g.device)
     norms, factor = (torch.empty(B, dtype=acc, device=g.device) for _ in range(2))
-    with C.on_device(g):
+    with C.on_device(g), C.arrival_counter(g.device) as counter:
         _normalize_fwd_kernel[(B * n_chunks,)](
             g,
             f,

@@ -176,12 +176,11 @@ def _penalty_fwd(
     block, tiles, n_chunks = C.chunking(d)
     part = torch.empty(B * n_chunks, dtype=acc, device=g.device)
     count = torch.empty(B * n_chunks if norm == "linf" else 1, dtype=torch.int32, device=g.device)
-    counter = C.arrival_counter(g.device)
     penalty = torch.empty((), dtype=acc, device=g.device)
     norms, coef, factor = (torch.empty(B, dtype=acc, device=g.device) for _ in range(3))
     has_scores = scores is not None
     f = scores.contiguous() if has_scores else penalty
-    with C.on_device(g):
+    with C.on_device(g), C.arrival_counter(g.device) as counter:
         _penalty_fwd_kernel[(B * n_chunks,)](
             g, part, count, counter, f, penalty, norms, coef, factor,
             L.row_stride(g),
