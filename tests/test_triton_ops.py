@@ -8,12 +8,14 @@ twice PyTorch's own error in that dtype (the reference run in that dtype) plus a
 Inputs are fresh random draws (conftest.py seeds each test and prints the seed).
 """
 
+import importlib
 import os
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
+import triton
 
 from fastgp import _layout, ops
 from fastgp import reference as R
@@ -35,10 +37,12 @@ NORMS, CONSTRAINTS, REDUCTIONS, MODES = R.NORMS, R.CONSTRAINTS, R.REDUCTIONS, R.
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Rows of a few dozen entries then span several programs (split rows + last-program path)."""
+    """Rows of a few dozen entries then span several programs (split rows + last-program path),
+    and the last program reduces partials and rows in several steps."""
     monkeypatch.setattr(_common, "BLOCK_SIZE", 16)
     monkeypatch.setattr(_common, "TILES_PER_CHUNK", 2)
-    monkeypatch.setattr(_common, "ROWS_PER_STEP", 16)
+    monkeypatch.setattr(_common, "MIN_PROGRAMS", 1)
+    monkeypatch.setattr(_common, "FINISH_TILE", 8)
 
 
 def randn(*shape, dtype=torch.float32, scale=1.0) -> torch.Tensor:
@@ -132,6 +136,51 @@ def test_penalty_default_chunking_and_many_rows(norm):
     check_penalty(grad, randn(150), norm=norm, center=1.0, weight=10.0, output_weight=0.1)
 
 
+AWKWARD = [(1, 1), (1, 70), (5, 1), (7, 2), (33, 3), (3, 20), (2, 1023), (4, 400)]
+
+
+@pytest.mark.parametrize("shape", AWKWARD, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_awkward_shapes(small_chunks, shape, dtype):
+    """One row, one entry, rows of 2, a row per several programs, many rows per program, rows
+    split into more chunks than the last program reads at once (FINISH_TILE 8)."""
+    grad, scores = randn(*shape, dtype=dtype, scale=0.5), randn(shape[0], dtype=dtype)
+    for norm, reduction, mode in (("l2", "mean", "gn"), ("l1", "max", "pgn"), ("linf", "max", "gn")):
+        # Not the mean norm: with two rows, h would tie to the last bit and the max's share depend on it.
+        center = 0.9 * R.grad_norms(grad.double(), norm).mean().item()
+        check_penalty(grad, scores, norm=norm, center=center, reduction=reduction, output_weight=0.5)
+        check_normalize(scores, grad, mode, norm)
+
+
+@pytest.mark.parametrize("shape", [(4096, 2), (2, 1023), (3, 5000), (1, 1)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_default_plans(shape, dtype):
+    grad, scores = randn(*shape, dtype=dtype, scale=0.5), randn(shape[0], dtype=dtype)
+    for norm in NORMS:
+        check_penalty(grad, scores, norm=norm, reduction="max" if norm == "l1" else "mean", output_weight=0.5)
+    check_normalize(scores, grad, "gn", "linf")
+
+
+@pytest.mark.parametrize(
+    ("B", "d", "itemsize"),
+    [(4096, 2, 4), (64, 2, 4), (1, 1, 2), (64, 3000, 4), (64, 196608, 2), (8, 3 * 1024 * 1024, 4), (3, 10**7, 8)],
+)
+def test_plan(B, d, itemsize):
+    plan = _common.plan(B, d, itemsize)
+    assert plan.rows * plan.block * itemsize <= 4096, "a tile is at most 4 KB"
+    assert plan.block * plan.tiles * plan.n_chunks >= d > plan.block * plan.tiles * (plan.n_chunks - 1)
+    assert plan.rows == 1 or plan.n_chunks == 1, "split rows are one per program"
+    assert plan.rows * plan.groups >= B and plan.grid == plan.groups * plan.n_chunks
+    if plan.n_chunks > 1:
+        full = B * triton.cdiv(d, plan.block)  # programs if every chunk were one tile
+        assert plan.grid >= min(_common.MIN_PROGRAMS, full) or plan.tiles == _common.TILES_PER_CHUNK
+        assert plan.frows * plan.fchunks <= _common.FINISH_TILE and plan.fchunks >= 1
+    if d * itemsize <= 512:
+        assert plan.grid * plan.rows >= B and plan.grid <= triton.cdiv(B * d * itemsize, 4096) + 1
+    if (B, d) == (64, 2):
+        assert plan.grid == 1 and plan.warps == 1, "a small batch of short rows: one program, one warp"
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "batch_inner", "batch_of_one", "expanded"])
 def test_penalty_layouts(small_chunks, layout):
     base = randn(4, 3, 5, 6)
@@ -206,11 +255,18 @@ def test_hinge_derivative_is_zero_at_the_center():
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("constraint", CONSTRAINTS)
 @pytest.mark.parametrize("norm", NORMS)
-def test_nan_propagates_to_the_penalty(small_chunks, norm, constraint, reduction):
-    grad = randn(3, 40)
-    grad[1, 23] = float("nan")
-    p, norms = ops.penalty_from_grad(grad, norm=norm, constraint=constraint, reduction=reduction)
-    assert torch.isnan(p) and torch.isnan(norms[1]) and not torch.isnan(norms[[0, 2]]).any()
+def test_nan_propagates_to_the_penalty_and_its_gradient(small_chunks, norm, constraint, reduction):
+    """NaN in, NaN out (SPEC.md §3): the NaN row's gradient is NaN everywhere, the hinge's too;
+    under the max every row's is (the max is NaN), under the mean no other row's."""
+    for d in (40, 5):  # split rows, and several whole rows per program
+        grad = randn(3, d)
+        grad[1, d // 2] = float("nan")
+        g = leaf(grad)
+        p, norms = ops.penalty_from_grad(g, norm=norm, constraint=constraint, reduction=reduction)
+        assert torch.isnan(p) and torch.isnan(norms[1]) and not torch.isnan(norms[[0, 2]]).any()
+        (dgrad,) = torch.autograd.grad(p, (g,))
+        assert dgrad[1].isnan().all(), dgrad[1]
+        assert dgrad.isnan().all() if reduction == "max" else not dgrad[[0, 2]].isnan().any()
 
 
 def test_float16_large_gradients_do_not_overflow():
@@ -446,7 +502,8 @@ def test_arrival_counter_is_reset_by_each_launch(small_chunks):
 def test_interrupted_launch_does_not_poison_later_calls(small_chunks, monkeypatch, error):
     grad, scores = randn(3, 70), randn(3)
     want = R.penalty_from_grad(grad, norm="l2")[0]
-    original = _common.chunk_partial
+    penalty_op = importlib.import_module("fastgp.ops.penalty")
+    original = penalty_op.tile_partial
     calls = []
 
     def stop_at_the_third_program(*args):
@@ -455,10 +512,10 @@ def test_interrupted_launch_does_not_poison_later_calls(small_chunks, monkeypatc
             raise error("stopped")
         return original(*args)
 
-    monkeypatch.setattr(_common, "chunk_partial", stop_at_the_third_program)
+    monkeypatch.setattr(penalty_op, "tile_partial", stop_at_the_third_program)
     with pytest.raises((error, Exception)):
         ops.penalty_from_grad(grad, norm="l2")
-    monkeypatch.setattr(_common, "chunk_partial", original)
+    monkeypatch.setattr(penalty_op, "tile_partial", original)
     torch.testing.assert_close(ops.penalty_from_grad(grad, norm="l2")[0], want)
     assert_close("f_hat", ops.normalize(scores, grad), R.normalize(scores, grad), R.normalize(scores, grad), grad.dtype)
 
