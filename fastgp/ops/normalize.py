@@ -88,6 +88,7 @@ def _normalize_fwd_kernel(
             stride_row,
             (pid % n_chunks) * (BLOCK * TILES),
             d,
+            1.0,
             NORM,
             PGN,
             1,
@@ -112,7 +113,7 @@ def _normalize_fwd_kernel(
         # Whole rows: no batch reduction, so no workspace, counter or atomic.
         rows = pid * ROWS + tl.arange(0, ROWS)
         mask = rows < B
-        value, count = tile_partial(g_ptr, rows, mask, stride_row, 0, d, NORM, PGN, ROWS, BLOCK, TILES, ACC)
+        value, count = tile_partial(g_ptr, rows, mask, stride_row, 0, d, 1.0, NORM, PGN, ROWS, BLOCK, TILES, ACC)
         _store_rows(value, count, rows, mask, f_ptr, out_ptr, norms_ptr, factor_ptr, NORM, PGN, ACC)
 
 
