@@ -93,6 +93,12 @@ def arrival_counter(device: torch.device) -> Iterator[Tensor]:
         raise
 
 
+def counter_if(counting: bool, device: torch.device, placeholder: Tensor) -> contextlib.AbstractContextManager:
+    """`arrival_counter(device)` for a launch whose programs count their arrivals, else
+    `placeholder` (a launch of one program, or with nothing to reduce, never reads it)."""
+    return arrival_counter(device) if counting else contextlib.nullcontext(placeholder)
+
+
 def on_device(t: Tensor) -> contextlib.AbstractContextManager:
     """Triton launches on the current CUDA device, not the tensor's: make them the same."""
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()

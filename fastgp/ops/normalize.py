@@ -13,8 +13,6 @@ gradient into `grad` is never detached: it carries the generator's signal.
 
 # No `from __future__ import annotations`: torch.library.custom_op reads the annotations at
 # runtime to infer the schema, and older torch releases cannot resolve strings.
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
@@ -180,8 +178,7 @@ def _normalize_fwd(scores: Tensor, grad: Tensor, mode: str, norm: str) -> tuple[
     part = torch.empty(plan.grid if split else 1, dtype=acc, device=g.device)
     count = torch.empty(plan.grid if split and norm == "linf" else 1, dtype=torch.int32, device=g.device)
     norms, factor = (torch.empty(B, dtype=acc, device=g.device) for _ in range(2))
-    counter = C.arrival_counter(g.device) if split else contextlib.nullcontext(count)
-    with C.on_device(g), counter as counter:
+    with C.on_device(g), C.counter_if(split, g.device, count) as counter:
         _normalize_fwd_kernel[(plan.grid,)](
             g,
             f,

@@ -414,7 +414,7 @@ def _penalty_fwd(
     norms, coef, factor = (torch.empty(B, dtype=acc, device=g.device) for _ in range(3))
     has_scores = scores is not None
     f = scores.contiguous() if has_scores else penalty
-    with C.on_device(g), C.arrival_counter(g.device) as counter:
+    with C.on_device(g), C.counter_if(plan.grid > 1, g.device, count) as counter:
         _penalty_fwd_kernel[(plan.grid,)](
             g,
             part,
