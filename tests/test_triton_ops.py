@@ -8,7 +8,6 @@ twice PyTorch's own error in that dtype (the reference run in that dtype) plus a
 Inputs are fresh random draws (conftest.py seeds each test and prints the seed).
 """
 
-import importlib
 import os
 
 import pytest
@@ -524,8 +523,7 @@ def test_arrival_counter_is_reset_by_each_launch(small_chunks):
 def test_interrupted_launch_does_not_poison_later_calls(small_chunks, monkeypatch, error):
     grad, scores = randn(3, 70), randn(3)
     want = R.penalty_from_grad(grad, norm="l2")[0]
-    penalty_op = importlib.import_module("fastgp.ops.penalty")
-    original = penalty_op.tile_partial
+    original = _common.tile_partial
     calls = []
 
     def stop_at_the_third_program(*args):
@@ -534,10 +532,10 @@ def test_interrupted_launch_does_not_poison_later_calls(small_chunks, monkeypatc
             raise error("stopped")
         return original(*args)
 
-    monkeypatch.setattr(penalty_op, "tile_partial", stop_at_the_third_program)
+    monkeypatch.setattr(_common, "tile_partial", stop_at_the_third_program)
     with pytest.raises((error, Exception)):
         ops.penalty_from_grad(grad, norm="l2")
-    monkeypatch.setattr(penalty_op, "tile_partial", original)
+    monkeypatch.setattr(_common, "tile_partial", original)
     torch.testing.assert_close(ops.penalty_from_grad(grad, norm="l2")[0], want)
     assert_close("f_hat", ops.normalize(scores, grad), R.normalize(scores, grad), R.normalize(scores, grad), grad.dtype)
 

@@ -263,6 +263,35 @@ def tile_partial(
 
 
 @triton.jit
+def chunk_arrive(
+    g_ptr,
+    part_ptr,
+    count_ptr,
+    counter_ptr,
+    stride_row,
+    B,
+    d,
+    n_chunks,
+    scale,
+    NORM: tl.constexpr,
+    ONE_MINUS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    TILES: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """The first half of a split-row reduction: this program reduces its chunk of its row into the
+    workspace, then arrives. True for the last program, which sees every partial."""
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // n_chunks + tl.arange(0, 1)
+    start = (pid % n_chunks) * (BLOCK * TILES)
+    value, count = tile_partial(g_ptr, row, row < B, stride_row, start, d, scale, NORM, ONE_MINUS, 1, BLOCK, TILES, ACC)
+    tl.store(part_ptr + pid + tl.arange(0, 1), value)
+    if NORM == 2:
+        tl.store(count_ptr + pid + tl.arange(0, 1), count)
+    return arrive(counter_ptr, tl.num_programs(0))
+
+
+@triton.jit
 def split_row_partials(
     part_ptr,
     count_ptr,
