@@ -180,8 +180,17 @@ def test_plan(B, d, itemsize):
         assert plan.grid == 1 and plan.warps == 1, "a small batch of short rows: one program, one warp"
 
 
+@pytest.fixture(params=["split rows", "rows per program"])
+def cut(request):
+    """Both cuts of `_common.plan` on the same small tensors: rows split over programs, or whole
+    rows (several per program) with the default tiles."""
+    if request.param == "split rows":
+        request.getfixturevalue("small_chunks")
+    return request.param
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "batch_inner", "batch_of_one", "expanded"])
-def test_penalty_layouts(small_chunks, layout):
+def test_penalty_layouts(cut, layout):
     base = randn(4, 3, 5, 6)
     grad = {
         "contiguous": base,
@@ -320,7 +329,7 @@ def test_normalize_matches_reference(small_chunks, mode, norm, dtype):
     check_normalize(randn(4, dtype=dtype, scale=2.0), randn(4, 3, 17, dtype=dtype, scale=0.2), mode, norm)
 
 
-def test_normalize_layouts_and_mixed_dtypes(small_chunks):
+def test_normalize_layouts_and_mixed_dtypes(cut):
     grad = randn(3, 2, 4, 5).to(memory_format=torch.channels_last)
     for norm in NORMS:
         _, _, dgrad = check_normalize(randn(3, 2)[:, :1], grad, "gn", norm)  # (B, 1) non-contiguous

@@ -1,5 +1,6 @@
-"""What the fused ops share: reading a (B, *S) tensor as B rows, cutting rows into chunks, and the
-per-row norm pieces of SPEC.md §3 that `penalty.py` and `normalize.py` both reduce.
+"""What the fused ops share: reading a (B, *S) tensor as B rows, cutting them into programs (`plan`),
+finding the last program of a one-launch reduction (`arrival_counter`), and the per-row norm
+pieces of SPEC.md §3 that `penalty.py` and `normalize.py` both reduce.
 
 Layout: see `fastgp._layout` (shared with the CUDA backend).
 """
@@ -110,9 +111,9 @@ def tl_acc(dtype: torch.dtype) -> tl.dtype:
 
 
 def chunking(d: int) -> tuple[int, int, int]:
-    """``(block, tiles, n_chunks)``: a program reads ``tiles`` blocks of ``block`` entries of a row.
-
-    Short rows get one program each (block shrinks to the row); long rows are split.
+    """``(block, tiles, n_chunks)`` of an elementwise op (interpolation): a program reads ``tiles``
+    blocks of ``block`` entries of a row. Short rows get one program each (block shrinks to the
+    row); long rows are split.
     """
     block = max(16, min(BLOCK_SIZE, triton.next_power_of_2(max(d, 1))))
     tiles = max(1, min(TILES_PER_CHUNK, triton.cdiv(d, block)))
@@ -122,8 +123,9 @@ def chunking(d: int) -> tuple[int, int, int]:
 class Plan(NamedTuple):
     """How a one-pass reduction over B rows of d entries is cut into programs.
 
-    A program reads ``rows`` consecutive rows of the ``batch`` and, of each, ``tiles`` tiles of ``block`` entries
-    (one chunk); ``n_chunks`` programs share a row when rows are split (then ``rows`` is 1). The
+    A program reads ``rows`` consecutive rows of the ``batch`` and, of each, ``tiles`` tiles of
+    ``block`` entries (one chunk); ``n_chunks`` programs share a row when rows are split (then
+    ``rows`` is 1). The
     last program of a split reduction reads the partials ``frows`` rows × ``fchunks`` chunks at a
     time. ``grid`` is the number of programs, ``warps`` the warps of each.
     """
@@ -159,6 +161,10 @@ def plan(B: int, d: int, itemsize: int) -> Plan:
       halved while the grid has fewer than MIN_PROGRAMS programs. A row that fits one chunk is
       reduced by one program, which writes its own norm; longer rows are split over programs
       whose partials the last one reduces, FINISH_TILE at a time.
+
+    The tile is 4 KB whatever the dtype (BLOCK_SIZE entries of 4 bytes), so that on NUM_WARPS
+    warps each thread issues two 16-byte loads per tile: enough bytes in flight per SM to reach
+    the memory bandwidth with a few programs per SM, few enough registers not to spill.
     """
     block = max(2, BLOCK_SIZE * 4 // itemsize)
     if d <= block:
