@@ -9,6 +9,7 @@ Inputs are fresh random draws (conftest.py seeds each test and prints the seed).
 """
 
 import os
+import threading
 
 import pytest
 import torch
@@ -549,27 +550,25 @@ def test_interrupted_launch_does_not_poison_later_calls(small_chunks, monkeypatc
     assert_close("f_hat", ops.normalize(scores, grad), R.normalize(scores, grad), R.normalize(scores, grad), grad.dtype)
 
 
-def _launch_in_flight(device) -> None:
-    """Hold this thread's counter with two programs arrived, as a launch still running would."""
-    with _common.arrival_counter(torch.device(device)) as counter:
-        counter += 2
-        _launch_in_flight.ready.set()
-        _launch_in_flight.done.wait(timeout=60)
-        counter.zero_()
-
-
 def test_threads_do_not_share_a_counter(small_chunks):
-    import threading
+    ready, done = threading.Event(), threading.Event()
 
-    _launch_in_flight.ready, _launch_in_flight.done = threading.Event(), threading.Event()
-    other = threading.Thread(target=_launch_in_flight, args=(DEVICE,))
+    def launch_in_flight() -> None:
+        """This thread's counter held with two programs arrived, as a launch still running would."""
+        with _common.arrival_counter(torch.device(DEVICE)) as counter:
+            counter += 2
+            ready.set()
+            done.wait(timeout=60)
+            counter.zero_()
+
+    other = threading.Thread(target=launch_in_flight)
     other.start()
     try:
-        assert _launch_in_flight.ready.wait(timeout=60)
+        assert ready.wait(timeout=60)
         check_penalty(randn(3, 70), norm="linf", reduction="max")
         check_normalize(randn(3), randn(3, 70), "gn", "l1")
     finally:
-        _launch_in_flight.done.set()
+        done.set()
         other.join()
 
 

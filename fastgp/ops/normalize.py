@@ -1,9 +1,9 @@
 """Fused gradient normalisation (SPEC.md §4): GN ``f̂ = f / (‖g‖ + |f|)`` (Wu et al. 2021) and
 PGN ``f̂ = (1-f) / (‖1-g‖ + |1-f|)`` (Xia, Algorithm 1).
 
-Forward, one launch: the norm reduction of `penalty.py` (per-chunk partials, the last program
-to finish sums them in chunk order) with the division folded into the last program. Backward,
-one launch, with ``u = f`` or ``1-f``, ``s = ±1``, ``q = n + |u|``:
+Forward, one launch: the norm reduction of `penalty.py` with the division folded in, done by the
+program that reduces each row (whole rows: no workspace, no atomic) or by the last program to
+arrive (split rows). Backward, one launch, with ``u = f`` or ``1-f``, ``s = ±1``, ``q = n + |u|``:
 
     ∂f̂/∂f_i = s · n_i / q_i²            ∂f̂/∂g_i = -(u_i / q_i²) · ∂n_i/∂g_i
 

@@ -1,10 +1,12 @@
 """Fused gradient penalty ``P = λ · R_i h(‖g_i‖) + ε · mean_i f_i²`` (SPEC.md §3).
 
-Forward, one launch: every program reduces one chunk of one row of g to a partial (Σg², Σ|g|, or
-max |g| with its tie count) in a workspace; the last program to finish (atomic counter) sums the
-partials of each row in chunk order (deterministic, no float atomics) and writes the norms
-``n_i``, the per-sample backward coefficient ``λ/B · h'(n_i)`` (``λ/k`` on the k maxima under
-``reduction="max"``), ∂n_i/∂g_i's per-row factor, and ``P``.
+Forward, one launch, cut by `_common.plan`. Whole rows: each program reduces its rows (Σg², Σ|g|,
+or max |g| with its tie count), writes their norms ``n_i``, the per-sample backward coefficient
+``λ/B · h'(n_i)`` and ∂n_i/∂g_i's per-row factor, and leaves one partial of the batch reduction.
+Split rows: each program leaves its chunk's partial. Either way the last program to arrive (an
+integer counter) reduces the partials in a fixed order (deterministic, no float atomics), writes
+what is left (the split rows' results; ``λ/k`` on the k maxima under ``reduction="max"``) and
+``P``. With `grad_scale` the kernels read ``grad_scale · g`` (AMP's unscaling, folded into the load).
 
 Backward, one launch: ``∂P/∂g_i = coef_i · s_i · dir(g_i)`` (see `_common.norm_direction`) and
 ``∂P/∂f_i = (2ε/B) · f_i``, both times the incoming gradient of P, which stays on the device.
