@@ -16,6 +16,7 @@ import torch
 
 pytest.importorskip("triton")
 import triton
+import triton.language as tl
 
 from fastgp import _layout, ops
 from fastgp import reference as R
@@ -239,6 +240,27 @@ def test_linf_ties_share_the_gradient(small_chunks, dtype):
     check_penalty(grad, norm="linf", constraint="ls", center=0.5)
     dgrad = penalty_grad(grad, norm="linf", constraint="ls", center=0.5)
     assert (dgrad[0] != 0).sum() == 3 and (dgrad[2] != 0).sum() == 2
+
+
+@triton.jit
+def _reduce_partials(part_ptr, count_ptr, value_ptr, ties_ptr, B, n_chunks, FROWS: tl.constexpr, FCHUNKS: tl.constexpr):
+    rows = tl.arange(0, FROWS)
+    value, ties = _common.split_row_partials(
+        part_ptr, count_ptr, rows, rows < B, n_chunks, 2, FROWS, FCHUNKS, tl.float32
+    )
+    tl.store(value_ptr + rows, value, mask=rows < B)
+    tl.store(ties_ptr + rows, ties, mask=rows < B)
+
+
+def test_linf_tie_counts_add_up_past_int32():
+    """A row of more than 2^31 entries: its chunks' counts fit int32, their sum is taken in int64."""
+    big = 2**31 - 1
+    part = torch.tensor([[1.5, 1.5, 0.5, 1.5, 1.5], [2.0, 1.0, 1.0, 1.0, 1.0]], device=DEVICE)
+    count = torch.tensor([[big, 7, 9, big, 1], [3, 5, 5, 5, 5]], dtype=torch.int32, device=DEVICE)
+    value = torch.empty(2, device=DEVICE)
+    ties = torch.empty(2, dtype=torch.int64, device=DEVICE)
+    _reduce_partials[(1,)](part, count, value, ties, 2, 5, FROWS=2, FCHUNKS=2)  # 3 steps of 2 chunks
+    assert value.tolist() == [1.5, 2.0] and ties.tolist() == [2 * big + 8, 3]
 
 
 def test_reduction_max_ties_share_the_weight(small_chunks):
