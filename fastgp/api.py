@@ -52,6 +52,20 @@ class PenaltyDetails:
     norms: Tensor | None
 
 
+def _inverse_scale(scaler: Any, device: torch.device) -> Tensor | None:
+    """``1/scale`` of a GradScaler as a 1-element tensor on `device`, None when it does not scale.
+
+    Read from the scaler's own device tensor (``torch.amp.GradScaler._scale``, set by its first
+    ``scale()`` call) so that no ``get_scale()`` host sync is added; a scaler without one (a
+    disabled GradScaler, or a look-alike) is asked for its scale as a number.
+    """
+    scale = getattr(scaler, "_scale", None)
+    if isinstance(scale, Tensor):
+        return scale.to(device=device, dtype=torch.float32).reciprocal()
+    value = float(scaler.get_scale())
+    return None if value == 1.0 else torch.full((1,), 1.0 / value, device=device)
+
+
 def _differentiate(
     D: Callable[..., Any],
     x: Tensor,
@@ -67,7 +81,9 @@ def _differentiate(
     If `x` does not require grad, D runs on a leaf that does: a copy of `x`, so that a critic
     writing through ``x.data`` cannot change the caller's tensor, or `x` itself when `owned`
     (fastgp made it: interpolates, DRAGAN points). ``f_i`` of a (B, *T) output is summed in the
-    accumulation dtype (`reference.score_sums`); a (B,) or (B, 1) output keeps its dtype.
+    accumulation dtype (`reference.score_sums`); a (B,) or (B, 1) output keeps its dtype. With a
+    GradScaler the gradient is that of the scaled scores: the caller unscales it (see
+    `_inverse_scale`).
     """
     if not x.requires_grad:
         x = (x.detach() if owned else x.detach().clone()).requires_grad_(True)
@@ -93,11 +109,19 @@ def _differentiate(
     (grad,) = torch.autograd.grad(total, x, create_graph=create_graph, retain_graph=True, allow_unused=True)
     if grad is None:
         raise ValueError("D's output does not depend on its input x (the gradient is None)")
-    if scaler is not None:
-        grad = grad * (1.0 / scaler.get_scale())
     if create_graph:
         training.check_critic(D, x, grad)
     return scores, grad
+
+
+def _differentiate_unscaled(
+    D: Callable[..., Any], x: Tensor, args: tuple, kwargs: dict, *, scaler: Any
+) -> tuple[Tensor, Tensor]:
+    """`_differentiate` without a graph of ``g``, unscaled: `method="fd"` differentiates the unscaled
+    gradient by finite differences of its own, so it must not see the scale."""
+    scores, grad = _differentiate(D, x, args, kwargs, scaler=scaler, create_graph=False)
+    grad_scale = _inverse_scale(scaler, grad.device) if scaler is not None else None
+    return scores, grad if grad_scale is None else (grad * grad_scale).to(grad.dtype)
 
 
 def _settings(preset: object, **given: Any) -> dict[str, Any]:
@@ -164,7 +188,8 @@ def gradient_penalty(
     `preset` fills in the settings of a named penalty (``fastgp.presets``); an argument given
     explicitly overrides it. ``D(x̂, *d_args, **d_kwargs)`` may return ``(B,)``, ``(B, 1)`` or
     ``(B, *T)`` (patch critics: ``f_i`` is the sum over ``T``). With a ``GradScaler`` the input
-    gradient is taken of the scaled scores and unscaled before the norm. Returns the scalar
+    gradient is taken of the scaled scores and unscaled by the norm as it reads it (the inverse
+    scale stays on the device: no host sync, no extra pass). Returns the scalar
     penalty (float32; float64 for float64), or ``(penalty, PenaltyDetails)``.
 
     `method` is how the penalty reaches D's parameters (`fastgp.first_order`): ``"exact"``, the
@@ -221,14 +246,20 @@ def gradient_penalty(
         return (penalty, PenaltyDetails(x_hat, alpha, scores, None, None)) if return_details else penalty
     # fastgp's own points (interpolates, DRAGAN) may be D's leaf; the caller's tensors never are.
     owned = not own and pts in ("interpolate", "dragan")
+    grad_scale = None
     if how == "fd":
         x_fd = x_hat if owned or x_hat.requires_grad else x_hat.detach().clone()
-        differentiate = functools.partial(_differentiate, scaler=scaler, create_graph=False)
+        differentiate = functools.partial(_differentiate_unscaled, scaler=scaler)
         scores, grad = first_order.fd_input_grad(D, x_fd, args, kwargs, differentiate)
     else:
         scores, grad = _differentiate(D, x_hat, args, kwargs, scaler=scaler, owned=owned)
-    penalty, norms = ops.penalty_from_grad(grad, scores=scores if ps["output_weight"] else None, **ps)
+        if scaler is not None:  # after scale(), which makes the scaler's scale tensor
+            grad_scale = _inverse_scale(scaler, grad.device)
+    unscale = {} if grad_scale is None else {"grad_scale": grad_scale}  # asked of a backend only when scaled
+    penalty, norms = ops.penalty_from_grad(grad, scores=scores if ps["output_weight"] else None, **ps, **unscale)
     if return_details:
+        if grad_scale is not None:
+            grad = (grad * grad_scale).to(grad.dtype)
         return penalty, PenaltyDetails(x_hat, alpha, scores, grad, norms)
     return penalty
 

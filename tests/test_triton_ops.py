@@ -9,11 +9,14 @@ Inputs are fresh random draws (conftest.py seeds each test and prints the seed).
 """
 
 import os
+import threading
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
+import triton
+import triton.language as tl
 
 from fastgp import _layout, ops
 from fastgp import reference as R
@@ -35,10 +38,12 @@ NORMS, CONSTRAINTS, REDUCTIONS, MODES = R.NORMS, R.CONSTRAINTS, R.REDUCTIONS, R.
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Rows of a few dozen entries then span several programs (split rows + last-program path)."""
+    """Rows of a few dozen entries then span several programs (split rows + last-program path),
+    and the last program reduces partials and rows in several steps."""
     monkeypatch.setattr(_common, "BLOCK_SIZE", 16)
     monkeypatch.setattr(_common, "TILES_PER_CHUNK", 2)
-    monkeypatch.setattr(_common, "ROWS_PER_STEP", 16)
+    monkeypatch.setattr(_common, "MIN_PROGRAMS", 1)
+    monkeypatch.setattr(_common, "FINISH_TILE", 8)
 
 
 def randn(*shape, dtype=torch.float32, scale=1.0) -> torch.Tensor:
@@ -132,8 +137,62 @@ def test_penalty_default_chunking_and_many_rows(norm):
     check_penalty(grad, randn(150), norm=norm, center=1.0, weight=10.0, output_weight=0.1)
 
 
+AWKWARD = [(1, 1), (1, 70), (5, 1), (7, 2), (33, 3), (3, 20), (2, 1023), (4, 400)]
+
+
+@pytest.mark.parametrize("shape", AWKWARD, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_awkward_shapes(small_chunks, shape, dtype):
+    """One row, one entry, rows of 2, a row per several programs, many rows per program, rows
+    split into more chunks than the last program reads at once (FINISH_TILE 8)."""
+    grad, scores = randn(*shape, dtype=dtype, scale=0.5), randn(shape[0], dtype=dtype)
+    for norm, reduction, mode in (("l2", "mean", "gn"), ("l1", "max", "pgn"), ("linf", "max", "gn")):
+        # Not the mean norm: with two rows, h would tie to the last bit and the max's share depend on it.
+        center = 0.9 * R.grad_norms(grad.double(), norm).mean().item()
+        check_penalty(grad, scores, norm=norm, center=center, reduction=reduction, output_weight=0.5)
+        check_normalize(scores, grad, mode, norm)
+
+
+@pytest.mark.parametrize("shape", [(4096, 2), (2, 1023), (3, 5000), (1, 1)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_default_plans(shape, dtype):
+    grad, scores = randn(*shape, dtype=dtype, scale=0.5), randn(shape[0], dtype=dtype)
+    for norm in NORMS:
+        check_penalty(grad, scores, norm=norm, reduction="max" if norm == "l1" else "mean", output_weight=0.5)
+    check_normalize(scores, grad, "gn", "linf")
+
+
+@pytest.mark.parametrize(
+    ("B", "d", "itemsize"),
+    [(4096, 2, 4), (64, 2, 4), (1, 1, 2), (64, 3000, 4), (64, 196608, 2), (8, 3 * 1024 * 1024, 4), (3, 10**7, 8)],
+)
+def test_plan(B, d, itemsize):
+    plan = _common.plan(B, d, itemsize)
+    assert plan.rows * plan.block * itemsize <= 4096, "a tile is at most 4 KB"
+    assert plan.block * plan.tiles * plan.n_chunks >= d > plan.block * plan.tiles * (plan.n_chunks - 1)
+    assert plan.rows == 1 or plan.n_chunks == 1, "split rows are one per program"
+    assert plan.rows * plan.groups >= B and plan.grid == plan.groups * plan.n_chunks
+    if plan.n_chunks > 1:
+        full = B * triton.cdiv(d, plan.block)  # programs if every chunk were one tile
+        assert plan.grid >= min(_common.MIN_PROGRAMS, full) or plan.tiles == _common.TILES_PER_CHUNK
+        assert plan.frows * plan.fchunks <= _common.FINISH_TILE and plan.fchunks >= 1
+    if d * itemsize <= 512:
+        assert plan.grid * plan.rows >= B and plan.grid <= triton.cdiv(B * d * itemsize, 4096) + 1
+    if (B, d) == (64, 2):
+        assert plan.grid == 1 and plan.warps == 1, "a small batch of short rows: one program, one warp"
+
+
+@pytest.fixture(params=["split rows", "rows per program"])
+def cut(request):
+    """Both cuts of `_common.plan` on the same small tensors: rows split over programs, or whole
+    rows (several per program) with the default tiles."""
+    if request.param == "split rows":
+        request.getfixturevalue("small_chunks")
+    return request.param
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "batch_inner", "batch_of_one", "expanded"])
-def test_penalty_layouts(small_chunks, layout):
+def test_penalty_layouts(cut, layout):
     base = randn(4, 3, 5, 6)
     grad = {
         "contiguous": base,
@@ -183,6 +242,27 @@ def test_linf_ties_share_the_gradient(small_chunks, dtype):
     assert (dgrad[0] != 0).sum() == 3 and (dgrad[2] != 0).sum() == 2
 
 
+@triton.jit
+def _reduce_partials(part_ptr, count_ptr, value_ptr, ties_ptr, B, n_chunks, FROWS: tl.constexpr, FCHUNKS: tl.constexpr):
+    rows = tl.arange(0, FROWS)
+    value, ties = _common.split_row_partials(
+        part_ptr, count_ptr, rows, rows < B, n_chunks, 2, FROWS, FCHUNKS, tl.float32
+    )
+    tl.store(value_ptr + rows, value, mask=rows < B)
+    tl.store(ties_ptr + rows, ties, mask=rows < B)
+
+
+def test_linf_tie_counts_add_up_past_int32():
+    """A row of more than 2^31 entries: its chunks' counts fit int32, their sum is taken in int64."""
+    big = 2**31 - 1
+    part = torch.tensor([[1.5, 1.5, 0.5, 1.5, 1.5], [2.0, 1.0, 1.0, 1.0, 1.0]], device=DEVICE)
+    count = torch.tensor([[big, 7, 9, big, 1], [3, 5, 5, 5, 5]], dtype=torch.int32, device=DEVICE)
+    value = torch.empty(2, device=DEVICE)
+    ties = torch.empty(2, dtype=torch.int64, device=DEVICE)
+    _reduce_partials[(1,)](part, count, value, ties, 2, 5, FROWS=2, FCHUNKS=2)  # 3 steps of 2 chunks
+    assert value.tolist() == [1.5, 2.0] and ties.tolist() == [2 * big + 8, 3]
+
+
 def test_reduction_max_ties_share_the_weight(small_chunks):
     grad = randn(5, 33)
     grad[3] = grad[1]
@@ -206,11 +286,34 @@ def test_hinge_derivative_is_zero_at_the_center():
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("constraint", CONSTRAINTS)
 @pytest.mark.parametrize("norm", NORMS)
-def test_nan_propagates_to_the_penalty(small_chunks, norm, constraint, reduction):
-    grad = randn(3, 40)
-    grad[1, 23] = float("nan")
-    p, norms = ops.penalty_from_grad(grad, norm=norm, constraint=constraint, reduction=reduction)
-    assert torch.isnan(p) and torch.isnan(norms[1]) and not torch.isnan(norms[[0, 2]]).any()
+def test_nan_propagates_to_the_penalty_and_its_gradient(small_chunks, norm, constraint, reduction):
+    """NaN in, NaN out (SPEC.md §3): the NaN row's gradient is NaN everywhere, the hinge's too;
+    under the max every row's is (the max is NaN), under the mean no other row's."""
+    for d in (40, 5):  # split rows, and several whole rows per program
+        grad = randn(3, d)
+        grad[1, d // 2] = float("nan")
+        g = leaf(grad)
+        p, norms = ops.penalty_from_grad(g, norm=norm, constraint=constraint, reduction=reduction)
+        assert torch.isnan(p) and torch.isnan(norms[1]) and not torch.isnan(norms[[0, 2]]).any()
+        (dgrad,) = torch.autograd.grad(p, (g,))
+        assert dgrad[1].isnan().all(), dgrad[1]
+        assert dgrad.isnan().all() if reduction == "max" else not dgrad[[0, 2]].isnan().any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("norm", NORMS)
+def test_penalty_grad_scale_is_applied_as_it_loads(small_chunks, norm, dtype):
+    """`grad_scale` s: the norms of s·g and their gradients, as the unscale-first formula gives."""
+    grad = randn(4, 37, dtype=dtype, scale=3000.0)  # an AMP-scaled gradient
+    grad[0, [3, 30]] = grad[0].abs().max()  # linf ties across chunks
+    s = torch.full((), 1 / 3000.0, device=DEVICE)  # not a power of two: rounding must agree
+    kw = dict(norm=norm, constraint="hinge", center=0.5, reduction="max" if norm == "l1" else "mean")
+    check_penalty(grad, randn(4, dtype=dtype), output_weight=0.5, grad_scale=s, **kw)
+    g = leaf(grad, torch.float64)
+    ours = ops.penalty_from_grad(leaf(grad), grad_scale=s, **kw)
+    old = R.penalty_from_grad(g * s.double(), **kw)  # what the API computed before: unscale, then norm
+    assert_close("P", ours[0], old[0], old[0], dtype)
+    assert_close("norms", ours[1], old[1], old[1], dtype)
 
 
 def test_float16_large_gradients_do_not_overflow():
@@ -249,7 +352,7 @@ def test_normalize_matches_reference(small_chunks, mode, norm, dtype):
     check_normalize(randn(4, dtype=dtype, scale=2.0), randn(4, 3, 17, dtype=dtype, scale=0.2), mode, norm)
 
 
-def test_normalize_layouts_and_mixed_dtypes(small_chunks):
+def test_normalize_layouts_and_mixed_dtypes(cut):
     grad = randn(3, 2, 4, 5).to(memory_format=torch.channels_last)
     for norm in NORMS:
         _, _, dgrad = check_normalize(randn(3, 2)[:, :1], grad, "gn", norm)  # (B, 1) non-contiguous
@@ -367,7 +470,8 @@ def test_interpolate_gradcheck():
 def _opcheck_cases():
     g = randn(2, 3, 5)
     s = randn(2)
-    _, norms, coef, factor = torch.ops.fastgp.penalty_fwd(g, s, "linf", "ls", 1.0, 2.0, "mean", 0.5)
+    inv = torch.full((), 0.25, device=DEVICE)
+    _, norms, coef, factor = torch.ops.fastgp.penalty_fwd(g, s, "linf", "ls", 1.0, 2.0, "mean", 0.5, inv)
     _, n2, f2 = torch.ops.fastgp.normalize_fwd(s, g, "pgn", "l2")
     alpha = torch.rand(2, device=DEVICE)
     seed = torch.full((1,), 3, dtype=torch.int64, device=DEVICE)
@@ -375,10 +479,14 @@ def _opcheck_cases():
         "interpolate": (torch.ops.fastgp.interpolate, (leaf(g), leaf(randn(2, 3, 5)), None, seed)),
         "interpolate_dragan": (torch.ops.fastgp.interpolate, (leaf(g), None, leaf(g.std()), seed)),
         "interpolate_bwd": (torch.ops.fastgp.interpolate_bwd, (g, alpha, seed, g, True, True, False)),
-        "penalty_fwd": (torch.ops.fastgp.penalty_fwd, (leaf(g), leaf(s), "l2", "hinge", 0.5, 2.0, "max", 0.5)),
+        "penalty_fwd": (torch.ops.fastgp.penalty_fwd, (leaf(g), leaf(s), "l2", "hinge", 0.5, 2.0, "max", 0.5, None)),
+        "penalty_fwd_scaled": (
+            torch.ops.fastgp.penalty_fwd,
+            (leaf(g), None, "linf", "squared_hinge", 0.5, 2.0, "mean", 0.0, inv),
+        ),
         "penalty_bwd": (
             torch.ops.fastgp.penalty_bwd,
-            (torch.ones((), device=DEVICE), norms, g, s, norms, coef, factor, "linf", 0.5),
+            (torch.ones((), device=DEVICE), norms, g, s, norms, coef, factor, "linf", 0.5, inv),
         ),
         "normalize_fwd": (torch.ops.fastgp.normalize_fwd, (leaf(s), leaf(g), "gn", "l1")),
         "normalize_bwd": (torch.ops.fastgp.normalize_bwd, (randn(2), s, g, n2, f2, "pgn", "l2")),
@@ -392,6 +500,7 @@ def _opcheck_cases():
         "interpolate_dragan",
         "interpolate_bwd",
         "penalty_fwd",
+        "penalty_fwd_scaled",
         "penalty_bwd",
         "normalize_fwd",
         "normalize_bwd",
@@ -432,9 +541,83 @@ def test_cuda_graph_replays_draw_fresh_alpha():
 
 
 def test_arrival_counter_is_reset_by_each_launch(small_chunks):
-    """The one-launch reductions reuse one counter per (device, stream), left at zero after each call."""
+    """The one-launch reductions reuse one counter per thread and stream, left at zero after each call."""
     grad = randn(3, 70)
     for _ in range(3):
         check_penalty(grad, norm="l2")
         ops.normalize(randn(3), grad)
-        assert _common.arrival_counter(grad.device).item() == 0
+        with _common.arrival_counter(grad.device) as counter:
+            assert counter.item() == 0
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="a compiled kernel cannot be stopped part-way")
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_interrupted_launch_does_not_poison_later_calls(small_chunks, monkeypatch, error):
+    grad, scores = randn(3, 70), randn(3)
+    want = R.penalty_from_grad(grad, norm="l2")[0]
+    original = _common.tile_partial
+    calls = []
+
+    def stop_at_the_third_program(*args):
+        calls.append(1)
+        if len(calls) == 3:  # two programs have arrived at the counter
+            raise error("stopped")
+        return original(*args)
+
+    monkeypatch.setattr(_common, "tile_partial", stop_at_the_third_program)
+    with pytest.raises((error, Exception)):
+        ops.penalty_from_grad(grad, norm="l2")
+    monkeypatch.setattr(_common, "tile_partial", original)
+    torch.testing.assert_close(ops.penalty_from_grad(grad, norm="l2")[0], want)
+    assert_close("f_hat", ops.normalize(scores, grad), R.normalize(scores, grad), R.normalize(scores, grad), grad.dtype)
+
+
+def test_threads_do_not_share_a_counter(small_chunks):
+    ready, done = threading.Event(), threading.Event()
+
+    def launch_in_flight() -> None:
+        """This thread's counter held with two programs arrived, as a launch still running would."""
+        with _common.arrival_counter(torch.device(DEVICE)) as counter:
+            counter += 2
+            ready.set()
+            done.wait(timeout=60)
+            counter.zero_()
+
+    other = threading.Thread(target=launch_in_flight)
+    other.start()
+    try:
+        assert ready.wait(timeout=60)
+        check_penalty(randn(3, 70), norm="linf", reduction="max")
+        check_normalize(randn(3), randn(3, 70), "gn", "l1")
+    finally:
+        done.set()
+        other.join()
+
+
+def test_streams_do_not_share_a_counter(small_chunks, monkeypatch):
+    monkeypatch.setattr(_common, "stream_id", lambda device: 1)
+    with _common.arrival_counter(torch.device(DEVICE)) as counter:
+        counter += 2  # a launch still running on stream 1
+        monkeypatch.setattr(_common, "stream_id", lambda device: 2)
+        check_penalty(randn(3, 70), norm="l2")
+        counter.zero_()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graphs_replayed_on_two_streams_at_once():
+    grads = [randn(64, 3000), randn(64, 3000, scale=2.0)]
+    want = [ops.penalty_from_grad(g)[0] for g in grads]  # also compiles outside the capture
+    graphs, got = [torch.cuda.CUDAGraph() for _ in grads], []
+    for graph, g in zip(graphs, grads, strict=True):
+        with torch.cuda.graph(graph):
+            got.append(ops.penalty_from_grad(g)[0])
+    streams = [torch.cuda.Stream() for _ in grads]
+    torch.cuda.synchronize()
+    for _ in range(20):
+        for graph, stream in zip(graphs, streams, strict=True):
+            with torch.cuda.stream(stream):
+                graph.replay()
+        torch.cuda.synchronize()
+        for p, w in zip(got, want, strict=True):
+            torch.testing.assert_close(p, w)

@@ -1,10 +1,12 @@
 """Fused gradient penalty ``P = λ · R_i h(‖g_i‖) + ε · mean_i f_i²`` (SPEC.md §3).
 
-Forward, one launch: every program reduces one chunk of one row of g to a partial (Σg², Σ|g|, or
-max |g| with its tie count) in a workspace; the last program to finish (atomic counter) sums the
-partials of each row in chunk order (deterministic, no float atomics) and writes the norms
-``n_i``, the per-sample backward coefficient ``λ/B · h'(n_i)`` (``λ/k`` on the k maxima under
-``reduction="max"``), ∂n_i/∂g_i's per-row factor, and ``P``.
+Forward, one launch, cut by `_common.plan`. Whole rows: each program reduces its rows (Σg², Σ|g|,
+or max |g| with its tie count), writes their norms ``n_i``, the per-sample backward coefficient
+``λ/B · h'(n_i)`` and ∂n_i/∂g_i's per-row factor, and leaves one partial of the batch reduction.
+Split rows: each program leaves its chunk's partial. Either way the last program to arrive (an
+integer counter) reduces the partials in a fixed order (deterministic, no float atomics), writes
+what is left (the split rows' results; ``λ/k`` on the k maxima under ``reduction="max"``) and
+``P``. With `grad_scale` the kernels read ``grad_scale · g`` (AMP's unscaling, folded into the load).
 
 Backward, one launch: ``∂P/∂g_i = coef_i · s_i · dir(g_i)`` (see `_common.norm_direction`) and
 ``∂P/∂f_i = (2ε/B) · f_i``, both times the incoming gradient of P, which stays on the device.
@@ -22,7 +24,16 @@ from torch import Tensor
 from fastgp import _layout as L
 from fastgp import reference as R
 from fastgp.ops import _common as C
-from fastgp.ops._common import nan_max, norm_direction, row_chunk_arrive, row_norms
+from fastgp.ops._common import (
+    arrive,
+    chunk_arrive,
+    merge_top,
+    norm_direction,
+    norm_factor,
+    split_row_partials,
+    tile_partial,
+    top_ties,
+)
 
 CONSTRAINT_IDS = {"ls": 0, "hinge": 1, "squared_hinge": 2}
 
@@ -30,15 +41,16 @@ CONSTRAINT_IDS = {"ls": 0, "hinge": 1, "squared_hinge": 2}
 @triton.jit
 def _constraint(t, CONSTRAINT: tl.constexpr):
     """``h`` and ``h'`` at ``t = n - c``: ls ``(t², 2t)``, hinge ``(max(0,t), [t > 0])``,
-    squared_hinge ``(max(0,t)², 2·max(0,t))``. Written with ``t <= 0`` so that NaN stays NaN and
-    the hinge's derivative at ``n = c`` is 0 (SPEC.md §3)."""
+    squared_hinge ``(max(0,t)², 2·max(0,t))``. Written with ``t <= 0`` so that the hinge's
+    derivative at ``n = c`` is 0, and so that a NaN ``t`` gives NaN ``h`` and ``h'`` (SPEC.md §3:
+    NaN in, NaN out; a NaN row's gradient is then NaN, not a silent finite number)."""
     pos = tl.where(t <= 0, 0.0, t)
     if CONSTRAINT == 0:
         h = t * t
         dh = 2.0 * t
     elif CONSTRAINT == 1:
         h = pos
-        dh = tl.where(t <= 0, 0.0, 1.0).to(t.dtype)
+        dh = tl.where(t <= 0, 0.0, tl.where(t > 0, 1.0, t))
     else:
         h = pos * pos
         dh = 2.0 * pos
@@ -46,55 +58,74 @@ def _constraint(t, CONSTRAINT: tl.constexpr):
 
 
 @triton.jit
-def _penalty_finish(
-    part_ptr, count_ptr, f_ptr, penalty_ptr, norms_ptr, coef_ptr, factor_ptr,
-    B, n_chunks, center, weight, eps,
-    NORM: tl.constexpr, CONSTRAINT: tl.constexpr, MAX: tl.constexpr, HAS_SCORES: tl.constexpr,
-    ROWS: tl.constexpr, ACC: tl.constexpr,
+def _store_rows(
+    value,
+    count,
+    rows,
+    row_mask,
+    f_ptr,
+    norms_ptr,
+    coef_ptr,
+    factor_ptr,
+    B,
+    center,
+    weight,
+    scale,
+    NORM: tl.constexpr,
+    CONSTRAINT: tl.constexpr,
+    MAX: tl.constexpr,
+    HAS_SCORES: tl.constexpr,
+    ACC: tl.constexpr,
 ):
-    """Run by the last program only: norms, coefficients and P from all partials."""
-    h_sum = tl.zeros([ROWS], ACC)
-    h_top = tl.full([ROWS], float("-inf"), ACC)
-    f_sq = tl.zeros([ROWS], ACC)
-    r0 = 0
-    while r0 < B:  # `while`: see the note on runtime loop bounds in _common.py
-        rows = r0 + tl.arange(0, ROWS)
-        mask = rows < B
-        r0 += ROWS
-        n, factor = row_norms(part_ptr, count_ptr, rows, mask, n_chunks, NORM, ACC)
-        h, dh = _constraint(n - center, CONSTRAINT)
-        tl.store(norms_ptr + rows, n, mask=mask)
-        tl.store(factor_ptr + rows, factor, mask=mask)
-        if MAX:
-            tl.store(coef_ptr + rows, h, mask=mask)  # h for now; the coefficient is written below
-        else:
-            tl.store(coef_ptr + rows, weight / B * dh, mask=mask)
-        h_sum += tl.where(mask, h, 0.0)
-        h_top = tl.where(mask & ((h > h_top) | (h != h)), h, h_top)
-        if HAS_SCORES:
-            f = tl.load(f_ptr + rows, mask=mask, other=0.0).to(ACC)
-            f_sq += f * f
+    """Norms, factors and coefficients ``λ/B · h'(n_i)`` of a block of rows from their reduced
+    partials (``h`` for now under MAX: the coefficient needs the batch's max). Returns the rows'
+    ``h`` (-1 on masked rows under MAX, below any h; else 0) and ``f_i²`` (0 without scores).
+    The norms are those of ``s·g``, so the factor, ∂n/∂g's, carries ``s``."""
+    n, factor = norm_factor(value, count, NORM, ACC)
+    h, dh = _constraint(n - center, CONSTRAINT)
+    tl.store(norms_ptr + rows, n, mask=row_mask)
+    tl.store(factor_ptr + rows, factor * scale, mask=row_mask)  # ∂(s·g)/∂g = s
+    tl.store(coef_ptr + rows, h if MAX else weight / B * dh, mask=row_mask)
+    f2 = tl.zeros(n.shape, ACC)
+    if HAS_SCORES:
+        f = tl.load(f_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+        f2 = f * f
+    return tl.where(row_mask, h, -1.0 if MAX else 0.0), f2
+
+
+@triton.jit
+def _finish_penalty(
+    h_sum,
+    h_top,
+    h_ties,
+    f2,
+    f_ptr,
+    penalty_ptr,
+    norms_ptr,
+    coef_ptr,
+    B,
+    center,
+    weight,
+    eps,
+    CONSTRAINT: tl.constexpr,
+    MAX: tl.constexpr,
+    HAS_SCORES: tl.constexpr,
+    FINISH: tl.constexpr,
+):
+    """Run by the last program: P from per-lane sums (mean), or per-lane max and tie counts (max),
+    of h and f², in a fixed order; under MAX also the coefficients."""
     if MAX:
         # amax's rule (SPEC.md §3): the k samples attaining the max share λ, λ/k each.
-        top = nan_max(h_top)
-        tl.debug_barrier()
-        ties = tl.zeros([ROWS], tl.int32)
+        top, k = top_ties(h_top, h_ties, 0)
+        k = tl.maximum(k, 1).to(top.dtype)
+        tl.debug_barrier()  # the h stored in coef by this program's other threads
         r0 = 0
         while r0 < B:  # `while`: see the note on runtime loop bounds in _common.py
-            rows = r0 + tl.arange(0, ROWS)
+            rows = r0 + tl.arange(0, FINISH)
             mask = rows < B
-            r0 += ROWS
-            h = tl.load(coef_ptr + rows, mask=mask, other=0.0)
-            ties += (mask & (h == top)).to(tl.int32)
-        k = tl.maximum(tl.sum(ties, axis=0), 1).to(ACC)
-        tl.debug_barrier()
-        r0 = 0
-        while r0 < B:  # `while`: see the note on runtime loop bounds in _common.py
-            rows = r0 + tl.arange(0, ROWS)
-            mask = rows < B
-            r0 += ROWS
-            h = tl.load(coef_ptr + rows, mask=mask, other=0.0)
-            n = tl.load(norms_ptr + rows, mask=mask, other=0.0)
+            r0 += FINISH
+            h = tl.load(coef_ptr + rows, mask=mask, other=0.0, cache_modifier=".cg")
+            n = tl.load(norms_ptr + rows, mask=mask, other=0.0, cache_modifier=".cg")
             _, dh = _constraint(n - center, CONSTRAINT)
             # A NaN maximum makes every coefficient NaN, as amax's backward does (0/0 on no ties):
             # NaN in, NaN gradients out, never a silent zero.
@@ -104,62 +135,169 @@ def _penalty_finish(
     else:
         value = weight * (tl.sum(h_sum, axis=0) / B)
     if HAS_SCORES:
-        value += eps * (tl.sum(f_sq, axis=0) / B)
+        value += eps * (tl.sum(f2, axis=0) / B)
     tl.store(penalty_ptr, value)
 
 
 @triton.jit
 def _penalty_fwd_kernel(
-    g_ptr, part_ptr, count_ptr, counter_ptr, f_ptr, penalty_ptr, norms_ptr, coef_ptr, factor_ptr,
+    g_ptr,
+    part_ptr,
+    count_ptr,
+    counter_ptr,
+    f_ptr,
+    penalty_ptr,
+    norms_ptr,
+    coef_ptr,
+    factor_ptr,
+    scale_ptr,
     stride_row,
-    B, d, n_chunks, center_hi, center_lo, weight_hi, weight_lo, eps_hi, eps_lo,
-    NORM: tl.constexpr, CONSTRAINT: tl.constexpr, MAX: tl.constexpr, HAS_SCORES: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, TILES: tl.constexpr, ROWS: tl.constexpr, ACC: tl.constexpr,
+    B,
+    d,
+    n_chunks,
+    center_hi,
+    center_lo,
+    weight_hi,
+    weight_lo,
+    eps_hi,
+    eps_lo,
+    NORM: tl.constexpr,
+    CONSTRAINT: tl.constexpr,
+    MAX: tl.constexpr,
+    HAS_SCORES: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    TILES: tl.constexpr,
+    FROWS: tl.constexpr,
+    FCHUNKS: tl.constexpr,
+    SPLIT: tl.constexpr,
+    ARRIVE: tl.constexpr,
+    ACC: tl.constexpr,
 ):
-    last = row_chunk_arrive(
-        g_ptr, part_ptr, count_ptr, counter_ptr, stride_row, B, d, n_chunks, NORM, False, BLOCK_SIZE, TILES, ACC
-    )
-    if last:
-        center = tl.cast(center_hi, ACC) + tl.cast(center_lo, ACC)
-        weight = tl.cast(weight_hi, ACC) + tl.cast(weight_lo, ACC)
-        eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
-        _penalty_finish(
-            part_ptr, count_ptr, f_ptr, penalty_ptr, norms_ptr, coef_ptr, factor_ptr,
-            B, n_chunks, center, weight, eps,
-            NORM, CONSTRAINT, MAX, HAS_SCORES, ROWS, ACC,
+    pid = tl.program_id(0).to(tl.int64)
+    programs = tl.num_programs(0)
+    center = tl.cast(center_hi, ACC) + tl.cast(center_lo, ACC)
+    weight = tl.cast(weight_hi, ACC) + tl.cast(weight_lo, ACC)
+    eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
+    scale = 1.0
+    if HAS_SCALE:
+        scale = tl.load(scale_ptr).to(ACC)
+    if SPLIT:
+        # Split rows (ROWS = 1): the last program to arrive reduces every row's partials and
+        # writes every row's results.
+        last = chunk_arrive(
+            g_ptr, part_ptr, count_ptr, counter_ptr, stride_row, B, d, n_chunks, scale, NORM, False, BLOCK, TILES, ACC
         )
+        bound = B
+    else:
+        # Whole rows: this program writes its rows' results itself, and one partial of the batch
+        # reduction (Σh, or max h with its ties; Σf²) for the last program.
+        rows = pid * ROWS + tl.arange(0, ROWS)
+        mask = rows < B
+        value, count = tile_partial(g_ptr, rows, mask, stride_row, 0, d, scale, NORM, False, ROWS, BLOCK, TILES, ACC)
+        h, f2 = _store_rows(
+            value, count, rows, mask, f_ptr, norms_ptr, coef_ptr, factor_ptr, B, center, weight, scale,
+            NORM, CONSTRAINT, MAX, HAS_SCORES, ACC,
+        )  # fmt: skip
+        if MAX:
+            top, k = top_ties(h, mask.to(tl.int32), 0)
+            tl.store(part_ptr + pid, top)
+            tl.store(count_ptr + pid, k)
+        else:
+            tl.store(part_ptr + pid, tl.sum(h, axis=0))
+        tl.store(part_ptr + programs + pid, tl.sum(f2, axis=0))
+        if ARRIVE:
+            last = arrive(counter_ptr, programs)
+        else:
+            tl.debug_barrier()
+            last = pid == 0
+        bound = programs
+    if last:
+        # Per-lane Σh, max h with its ties, and Σf², over rows (split) or programs' partials.
+        h_sum = tl.zeros([FROWS], ACC)
+        h_top = tl.full([FROWS], -1.0, ACC)
+        h_ties = tl.zeros([FROWS], tl.int32)
+        f2_sum = tl.zeros([FROWS], ACC)
+        i0 = 0
+        while i0 < bound:  # `while`: see the note on runtime loop bounds in _common.py
+            i = i0 + tl.arange(0, FROWS)
+            m = i < bound
+            i0 += FROWS
+            if SPLIT:
+                values, counts = split_row_partials(part_ptr, count_ptr, i, m, n_chunks, NORM, FROWS, FCHUNKS, ACC)
+                h_i, f2_i = _store_rows(
+                    values, counts, i, m, f_ptr, norms_ptr, coef_ptr, factor_ptr, B, center, weight, scale,
+                    NORM, CONSTRAINT, MAX, HAS_SCORES, ACC,
+                )  # fmt: skip
+                ties_i = m.to(tl.int32)
+            else:
+                h_i = tl.load(part_ptr + i, mask=m, other=-1.0 if MAX else 0.0, cache_modifier=".cg")
+                ties_i = tl.load(count_ptr + i, mask=m, other=0, cache_modifier=".cg") if MAX else m.to(tl.int32)
+                f2_i = tl.load(part_ptr + programs + i, mask=m, other=0.0, cache_modifier=".cg")
+            h_sum += h_i
+            h_top, h_ties = merge_top(h_top, h_ties, h_i, ties_i)
+            f2_sum += f2_i
+        _finish_penalty(
+            h_sum, h_top, h_ties, f2_sum, f_ptr, penalty_ptr, norms_ptr, coef_ptr, B, center, weight, eps,
+            CONSTRAINT, MAX, HAS_SCORES, FROWS,
+        )  # fmt: skip
 
 
 @triton.jit
 def _penalty_bwd_kernel(
-    g_ptr, dg_ptr, norms_ptr, coef_ptr, factor_ptr, dp_ptr, dnorms_ptr, f_ptr, df_ptr,
+    g_ptr,
+    dg_ptr,
+    norms_ptr,
+    coef_ptr,
+    factor_ptr,
+    dp_ptr,
+    dnorms_ptr,
+    f_ptr,
+    df_ptr,
+    scale_ptr,
     stride_row,
-    B, d, n_chunks, eps_hi, eps_lo,
-    NORM: tl.constexpr, HAS_DNORMS: tl.constexpr, HAS_SCORES: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, TILES: tl.constexpr, ACC: tl.constexpr,
+    B,
+    d,
+    n_chunks,
+    eps_hi,
+    eps_lo,
+    NORM: tl.constexpr,
+    HAS_DNORMS: tl.constexpr,
+    HAS_SCORES: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    TILES: tl.constexpr,
+    ACC: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
-    row = pid // n_chunks
     chunk = pid % n_chunks
+    rows = (pid // n_chunks) * ROWS + tl.arange(0, ROWS)
+    row_mask = rows < B
     dp = tl.load(dp_ptr).to(ACC)
+    if HAS_SCALE:
+        s = tl.load(scale_ptr).to(ACC)
     # ∂L/∂n_i: through P, plus the norms' own incoming gradient when they were used downstream.
-    dn = tl.load(coef_ptr + row) * dp
+    dn = tl.load(coef_ptr + rows, mask=row_mask, other=0.0) * dp
     if HAS_DNORMS:
-        dn += tl.load(dnorms_ptr + row).to(ACC)
-    scale = dn * tl.load(factor_ptr + row)
-    n = tl.load(norms_ptr + row)
-    base = row * stride_row + chunk * (BLOCK_SIZE * TILES)
+        dn += tl.load(dnorms_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+    scale = (dn * tl.load(factor_ptr + rows, mask=row_mask, other=0.0))[:, None]
+    n = tl.load(norms_ptr + rows, mask=row_mask, other=0.0)[:, None]
+    offsets = rows.to(tl.int64)[:, None] * stride_row
     for t in range(TILES):
-        cols = t * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-        mask = chunk * (BLOCK_SIZE * TILES) + cols < d
-        x = tl.load(g_ptr + base + cols, mask=mask, other=0.0).to(ACC)
+        cols = chunk * (BLOCK * TILES) + t * BLOCK + tl.arange(0, BLOCK)
+        mask = row_mask[:, None] & (cols < d)[None, :]
+        x = tl.load(g_ptr + offsets + cols[None, :], mask=mask, other=0.0).to(ACC)
+        if HAS_SCALE:  # the direction at s·g, rounded as the forward rounded it (linf's ties)
+            x = x * s
         dx = scale * norm_direction(x, n, NORM)
-        tl.store(dg_ptr + base + cols, dx.to(dg_ptr.dtype.element_ty), mask=mask)
+        tl.store(dg_ptr + offsets + cols[None, :], dx.to(dg_ptr.dtype.element_ty), mask=mask)
     if HAS_SCORES:  # noqa: SIM102 (compile-time test outside, runtime test inside)
         if chunk == 0:
             eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
-            f = tl.load(f_ptr + row).to(ACC)
-            tl.store(df_ptr + row, (2.0 * eps / B * f * dp).to(df_ptr.dtype.element_ty))
+            f = tl.load(f_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+            tl.store(df_ptr + rows, (2.0 * eps / B * f * dp).to(df_ptr.dtype.element_ty), mask=row_mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,53 +305,113 @@ def _penalty_bwd_kernel(
 
 
 def _penalty_fwd(
-    grad: Tensor, scores: Optional[Tensor], norm: str, constraint: str, center: float, weight: float,  # noqa: UP045
-    reduction: str, output_weight: float,
+    grad: Tensor,
+    scores: Optional[Tensor],  # noqa: UP045
+    norm: str,
+    constraint: str,
+    center: float,
+    weight: float,
+    reduction: str,
+    output_weight: float,
+    grad_scale: Optional[Tensor],  # noqa: UP045
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     g = L.as_rows(grad)
     B, d = g.shape[0], g[0].numel()
     acc = C.acc_dtype(grad.dtype)
-    block, tiles, n_chunks = C.chunking(d)
-    part = torch.empty(B * n_chunks, dtype=acc, device=g.device)
-    count = torch.empty(B * n_chunks if norm == "linf" else 1, dtype=torch.int32, device=g.device)
-    counter = C.arrival_counter(g.device)
+    plan = C.plan(B, d, g.element_size())
+    is_max = reduction == "max"
+    # Workspace: a partial per chunk (split rows), else Σh or max h (with its ties) and Σf² per program.
+    part = torch.empty(plan.grid * (1 if plan.n_chunks > 1 else 2), dtype=acc, device=g.device)
+    ties = norm == "linf" if plan.n_chunks > 1 else is_max
+    count = torch.empty(plan.grid if ties else 1, dtype=torch.int32, device=g.device)
     penalty = torch.empty((), dtype=acc, device=g.device)
     norms, coef, factor = (torch.empty(B, dtype=acc, device=g.device) for _ in range(3))
     has_scores = scores is not None
     f = scores.contiguous() if has_scores else penalty
-    with C.on_device(g):
-        _penalty_fwd_kernel[(B * n_chunks,)](
-            g, part, count, counter, f, penalty, norms, coef, factor,
+    with C.on_device(g), C.counter_if(plan.grid > 1, g.device, count) as counter:
+        _penalty_fwd_kernel[(plan.grid,)](
+            g,
+            part,
+            count,
+            counter,
+            f,
+            penalty,
+            norms,
+            coef,
+            factor,
+            grad_scale if grad_scale is not None else penalty,
             L.row_stride(g),
-            B, d, n_chunks, *C.split_float(center), *C.split_float(weight), *C.split_float(output_weight),
-            NORM=C.NORM_IDS[norm], CONSTRAINT=CONSTRAINT_IDS[constraint], MAX=reduction == "max",
-            HAS_SCORES=has_scores, BLOCK_SIZE=block, TILES=tiles,
-            ROWS=min(C.ROWS_PER_STEP, max(16, triton.next_power_of_2(B))), ACC=C.tl_acc(acc),
-            num_warps=C.NUM_WARPS,
+            B,
+            d,
+            plan.n_chunks,
+            *C.split_float(center),
+            *C.split_float(weight),
+            *C.split_float(output_weight),
+            NORM=C.NORM_IDS[norm],
+            CONSTRAINT=CONSTRAINT_IDS[constraint],
+            MAX=is_max,
+            HAS_SCORES=has_scores,
+            HAS_SCALE=grad_scale is not None,
+            ROWS=plan.rows,
+            BLOCK=plan.block,
+            TILES=plan.tiles,
+            FROWS=plan.frows,
+            FCHUNKS=plan.fchunks,
+            SPLIT=plan.n_chunks > 1,
+            ARRIVE=plan.grid > 1,
+            ACC=C.tl_acc(acc),
+            num_warps=plan.warps,
         )
     return penalty, norms, coef, factor
 
 
 def _penalty_bwd(
-    dp: Tensor, dnorms: Optional[Tensor], grad: Tensor, scores: Optional[Tensor],  # noqa: UP045
-    norms: Tensor, coef: Tensor, factor: Tensor, norm: str, output_weight: float,
+    dp: Tensor,
+    dnorms: Optional[Tensor],  # noqa: UP045
+    grad: Tensor,
+    scores: Optional[Tensor],  # noqa: UP045
+    norms: Tensor,
+    coef: Tensor,
+    factor: Tensor,
+    norm: str,
+    output_weight: float,
+    grad_scale: Optional[Tensor],  # noqa: UP045
 ) -> tuple[Tensor, Tensor]:
     dgrad = torch.empty_like(grad)
     target = L.rows_target(dgrad)
     g = L.like(grad, target)
     B, d = g.shape[0], g[0].numel()
-    block, tiles, n_chunks = C.chunking(d)
+    plan = C.plan(B, d, g.element_size())
     has_scores = scores is not None
     f = scores.contiguous() if has_scores else norms
     dnorms = dnorms.contiguous() if dnorms is not None else None
     dscores = torch.empty_like(f) if has_scores else norms.new_empty(0)
     with C.on_device(g):
-        _penalty_bwd_kernel[(B * n_chunks,)](
-            g, target, norms, coef, factor, dp, dnorms if dnorms is not None else norms, f, dscores,
+        _penalty_bwd_kernel[(plan.grid,)](
+            g,
+            target,
+            norms,
+            coef,
+            factor,
+            dp,
+            dnorms if dnorms is not None else norms,
+            f,
+            dscores,
+            grad_scale if grad_scale is not None else norms,
             L.row_stride(g),
-            B, d, n_chunks, *C.split_float(output_weight),
-            NORM=C.NORM_IDS[norm], HAS_DNORMS=dnorms is not None, HAS_SCORES=has_scores,
-            BLOCK_SIZE=block, TILES=tiles, ACC=C.tl_acc(norms.dtype), num_warps=C.NUM_WARPS,
+            B,
+            d,
+            plan.n_chunks,
+            *C.split_float(output_weight),
+            NORM=C.NORM_IDS[norm],
+            HAS_DNORMS=dnorms is not None,
+            HAS_SCORES=has_scores,
+            HAS_SCALE=grad_scale is not None,
+            ROWS=plan.rows,
+            BLOCK=plan.block,
+            TILES=plan.tiles,
+            ACC=C.tl_acc(norms.dtype),
+            num_warps=plan.warps,
         )
     if target is not dgrad:
         dgrad.copy_(target)
@@ -226,15 +424,23 @@ def _penalty_bwd(
 
 @torch.library.custom_op("fastgp::penalty_fwd", mutates_args=())
 def penalty_fwd(
-    grad: Tensor, scores: Optional[Tensor], norm: str, constraint: str, center: float, weight: float,  # noqa: UP045
-    reduction: str, output_weight: float,
+    grad: Tensor,
+    scores: Optional[Tensor],  # noqa: UP045
+    norm: str,
+    constraint: str,
+    center: float,
+    weight: float,
+    reduction: str,
+    output_weight: float,
+    grad_scale: Optional[Tensor],  # noqa: UP045
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(P, norms, coef, factor)``; `scores` are the per-sample f (B,) or None (no output term)."""
-    return _penalty_fwd(grad, scores, norm, constraint, center, weight, reduction, output_weight)
+    """``(P, norms, coef, factor)``; `scores` are the per-sample f (B,) or None (no output term);
+    `grad_scale` a 1-element factor s applied to `grad` (the norms are those of s·grad), or None."""
+    return _penalty_fwd(grad, scores, norm, constraint, center, weight, reduction, output_weight, grad_scale)
 
 
 @penalty_fwd.register_fake
-def _(grad, scores, norm, constraint, center, weight, reduction, output_weight):
+def _(grad, scores, norm, constraint, center, weight, reduction, output_weight, grad_scale):
     acc = C.acc_dtype(grad.dtype)
     B = grad.shape[0]
     return (grad.new_empty((), dtype=acc), *(grad.new_empty(B, dtype=acc) for _ in range(3)))
@@ -242,42 +448,53 @@ def _(grad, scores, norm, constraint, center, weight, reduction, output_weight):
 
 @torch.library.custom_op("fastgp::penalty_bwd", mutates_args=())
 def penalty_bwd(
-    dp: Tensor, dnorms: Optional[Tensor], grad: Tensor, scores: Optional[Tensor],  # noqa: UP045
-    norms: Tensor, coef: Tensor, factor: Tensor, norm: str, output_weight: float,
+    dp: Tensor,
+    dnorms: Optional[Tensor],  # noqa: UP045
+    grad: Tensor,
+    scores: Optional[Tensor],  # noqa: UP045
+    norms: Tensor,
+    coef: Tensor,
+    factor: Tensor,
+    norm: str,
+    output_weight: float,
+    grad_scale: Optional[Tensor],  # noqa: UP045
 ) -> tuple[Tensor, Tensor]:
     """``(∂L/∂grad, ∂L/∂scores)``; the second is empty when `scores` is None."""
-    return _penalty_bwd(dp, dnorms, grad, scores, norms, coef, factor, norm, output_weight)
+    return _penalty_bwd(dp, dnorms, grad, scores, norms, coef, factor, norm, output_weight, grad_scale)
 
 
 @penalty_bwd.register_fake
-def _(dp, dnorms, grad, scores, norms, coef, factor, norm, output_weight):
+def _(dp, dnorms, grad, scores, norms, coef, factor, norm, output_weight, grad_scale):
     return torch.empty_like(grad), (torch.empty_like(scores) if scores is not None else norms.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):
-    grad, scores, norm, constraint, center, weight, reduction, output_weight = inputs
+    grad, scores, norm, constraint, center, weight, reduction, output_weight, grad_scale = inputs
     _, norms, coef, factor = output
-    ctx.save_for_backward(grad, scores, norms, coef, factor)
+    ctx.save_for_backward(grad, scores, norms, coef, factor, grad_scale)
     ctx.norm, ctx.output_weight = norm, output_weight
-    ctx.settings = dict(norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction,
-                        output_weight=output_weight)
+    ctx.settings = dict(
+        norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction, output_weight=output_weight
+    )
     ctx.mark_non_differentiable(coef, factor)
     ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, dp, dnorms, _dcoef, _dfactor):
-    grad, scores, norms, coef, factor = ctx.saved_tensors
+    grad, scores, norms, coef, factor, grad_scale = ctx.saved_tensors
     if torch.is_grad_enabled():
         # create_graph=True (a Hessian-vector product, a GN critic inside a penalty): the fused
         # backward has no derivative of its own, so differentiate the reference's formula instead.
         dgrad, dscores = R.vjp(
-            lambda g, f: R.penalty_from_grad(g, scores=f, **ctx.settings), (grad, scores), (dp, dnorms)
+            lambda g, f: R.penalty_from_grad(g, scores=f, grad_scale=grad_scale, **ctx.settings),
+            (grad, scores),
+            (dp, dnorms),
         )
-        return dgrad, dscores, None, None, None, None, None, None
+        return dgrad, dscores, None, None, None, None, None, None, None
     if dp is None:
         dp = torch.zeros((), dtype=norms.dtype, device=norms.device)
-    dgrad, dscores = penalty_bwd(dp, dnorms, grad, scores, norms, coef, factor, ctx.norm, ctx.output_weight)
-    return dgrad, (dscores if scores is not None else None), None, None, None, None, None, None
+    dgrad, dscores = penalty_bwd(dp, dnorms, grad, scores, norms, coef, factor, ctx.norm, ctx.output_weight, grad_scale)
+    return dgrad, (dscores if scores is not None else None), None, None, None, None, None, None, None
 
 
 penalty_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -293,6 +510,7 @@ def penalty_from_grad(
     reduction: str = "mean",
     scores: Tensor | None = None,
     output_weight: float = 0.0,
+    grad_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``P = λ · R_i h(n_i) + ε · mean_i f_i²`` (SPEC.md §3), fused; returns `(P, norms)`.
 
@@ -300,12 +518,14 @@ def penalty_from_grad(
     ``h`` is ls/hinge/squared_hinge around `center`, ``n_i`` the l2/l1/linf norm of sample i's
     gradient, ``f_i`` the sum of sample i's scores. Differentiable in `grad` and, when
     `output_weight` is not 0, in `scores`. One Triton launch forward, one backward (plus a
-    per-sample sum in PyTorch when `scores` has more than one entry per sample).
+    per-sample sum in PyTorch when `scores` has more than one entry per sample). `grad_scale`
+    (a 1-element tensor s, e.g. the inverse of a GradScaler's scale) makes the norms those of
+    ``s·grad``: the kernel multiplies as it loads, with no extra pass and no host sync.
     """
     f = None
     if output_weight != 0.0 and scores is not None:
         f = R.score_sums(scores, grad.dtype)
     penalty, norms, _, _ = penalty_fwd(
-        grad, f, norm, constraint, float(center), float(weight), reduction, float(output_weight)
+        grad, f, norm, constraint, float(center), float(weight), reduction, float(output_weight), grad_scale
     )
     return penalty, norms
