@@ -107,6 +107,29 @@ def test_tiny_l2_rows_are_zero_rows_under_gn():
     assert (dg == 0).all() and (df == 0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tiny_l2_rows_are_zero_rows_in_the_triton_kernels(dtype):
+    if not fastgp.backends()["triton"].available:
+        pytest.skip("the triton backend cannot run here")
+    from fastgp import ops
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    bound = R._TINY[R.acc_dtype(dtype)]
+    g = torch.zeros(4, 3, dtype=dtype, device=device)
+    g[0, 0], g[1, 0], g[2, 0], g[3, 0] = bound * 0.5, bound, bound * 4, 1.0
+    for reduction in R.REDUCTIONS:
+        kw = dict(center=0.0, weight=1.0, reduction=reduction)
+        got = g.clone().requires_grad_(True)
+        want = g.clone().requires_grad_(True)
+        P, n = ops.penalty_from_grad(got, **kw)
+        P_ref, n_ref = R.penalty_from_grad(want, **kw)
+        assert n[:2].tolist() == [0.0, 0.0]
+        torch.testing.assert_close(n, n_ref, rtol=1e-6, atol=0)
+        torch.testing.assert_close(torch.autograd.grad(P, got)[0], torch.autograd.grad(P_ref, want)[0])
+    f = torch.tensor([0.5, -2.0, 1.0, 1.0], dtype=dtype, device=device)
+    torch.testing.assert_close(ops.normalize(f, g, "gn", "l2"), R.normalize(f, g, "gn", "l2"))
+
+
 def test_all_tiny_rows_under_max_have_zero_gradient():
     g = torch.full((3, 5), 1e-21, requires_grad=True)
     g.data[1] *= 1.5

@@ -172,7 +172,7 @@ __device__ __forceinline__ Partial<acc_t> row_norm(const acc_t* partials, const 
   for (int64_t c = 1; c < chunks; ++c) {
     p = combine<N>(p, Partial<acc_t>{__ldcg(partials + c), N == Norm::kLinf ? __ldcg(partial_ties + c) : 0});
   }
-  if constexpr (N == Norm::kL2) p.value = sqrt(p.value);
+  if constexpr (N == Norm::kL2) p.value = l2_norm(p.value);
   return p;
 }
 

@@ -41,6 +41,15 @@ template <Norm N, typename acc_t> FASTGP_HD Partial<acc_t> element(acc_t v) {
   else return {std::fabs(v), 1};
 }
 
+// An l2 norm from its row's sum of squares, with SPEC.md §3's tiny-row rule: a norm at or below 2^-63
+// (float32; 2^-511 for float64), whose square is below the smallest normal number, is 0, so that such a
+// row is a zero row whether or not the GPU flushes subnormal sums to zero. NaN stays NaN (NaN <= t is false).
+template <typename acc_t> FASTGP_HD acc_t l2_norm(acc_t sum_of_squares) {
+  const acc_t tiny = sizeof(acc_t) == sizeof(double) ? acc_t(0x1p-511) : acc_t(0x1p-63);
+  const acc_t n = std::sqrt(sum_of_squares);
+  return n <= tiny ? acc_t(0) : n;
+}
+
 // ∂n/∂v = factor · direction(v) (SPEC.md §3), split so that the forward saves one number per row:
 // factor = 1/n (l2), 1 (l1), 1/k over the k tied maxima (linf), and 0 where n = 0 (the zero-gradient rule);
 // direction = v (l2), sign(v) (l1), sign(v)·[|v| = n] (linf). Same split as the Triton backend's.

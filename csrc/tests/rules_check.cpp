@@ -42,9 +42,22 @@ template <typename acc_t> void linf_ties_count_past_int32() {
   expect(fastgp::norm_factor<kLinf>(P{acc_t(0), 7}) == acc_t(0), "zero row: factor 0");
 }
 
+template <typename acc_t> void tiny_l2_rows_are_zero_rows() {
+  const bool f64 = sizeof(acc_t) == sizeof(double);
+  const acc_t tiny = f64 ? acc_t(0x1p-511) : acc_t(0x1p-63);
+  expect(fastgp::l2_norm(tiny * tiny) == acc_t(0), "a norm of 2^-63 (2^-511) is a zero row");
+  expect(fastgp::l2_norm(acc_t(4) * tiny * tiny) == acc_t(2) * tiny, "a norm of twice the bound is kept");
+  expect(fastgp::l2_norm(acc_t(9)) == acc_t(3), "an ordinary norm is its square root");
+  expect(std::isnan(fastgp::l2_norm(std::numeric_limits<acc_t>::quiet_NaN())), "a NaN norm stays NaN");
+  expect(fastgp::norm_factor<fastgp::Norm::kL2>(fastgp::Partial<acc_t>{fastgp::l2_norm(tiny * tiny), 0}) == acc_t(0),
+         "a tiny row's factor is 0");
+}
+
 }  // namespace
 
 int main() {
+  tiny_l2_rows_are_zero_rows<float>();
+  tiny_l2_rows_are_zero_rows<double>();
   nan_norms_have_nan_slopes<float>();
   nan_norms_have_nan_slopes<double>();
   linf_ties_count_past_int32<float>();

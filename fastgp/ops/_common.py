@@ -348,6 +348,13 @@ def norm_factor(value, count, NORM: tl.constexpr, ACC: tl.constexpr):
     (l2), 1 (l1), 1/k (linf), and 0 where n = 0 (SPEC.md §3)."""
     if NORM == 0:
         n = sqrt_acc(value)
+        # SPEC.md §3's tiny-row rule: a norm whose square is below the smallest normal number is 0,
+        # whether or not the GPU flushes such sums to zero. NaN stays NaN (NaN <= t is false).
+        if n.dtype == tl.float64:
+            tiny = tl.full(n.shape, 2.0**-511, tl.float64)
+        else:
+            tiny = tl.full(n.shape, 2.0**-63, tl.float32)
+        n = tl.where(n <= tiny, 0.0, n)
         factor = 1.0 / tl.where(n == 0, 1.0, n)
     elif NORM == 1:
         n = value
