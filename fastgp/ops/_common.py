@@ -7,6 +7,7 @@ Layout: see `fastgp._layout` (shared with the CUDA backend).
 from __future__ import annotations
 
 import contextlib
+import functools
 import struct
 import threading
 from collections.abc import Iterator
@@ -93,9 +94,14 @@ def arrival_counter(device: torch.device) -> Iterator[Tensor]:
         raise
 
 
-def on_device(t: Tensor) -> contextlib.AbstractContextManager:
-    """Triton launches on the current CUDA device, not the tensor's: make them the same."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for ints (Triton's own is a constexpr function, ~1 µs per host call)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two ``>= n`` (1 for ``n <= 1``), for host code (see `cdiv`)."""
+    return 1 << (n - 1).bit_length() if n > 1 else 1
 
 
 def tl_acc(dtype: torch.dtype) -> tl.dtype:
@@ -108,9 +114,9 @@ def chunking(d: int) -> tuple[int, int, int]:
 
     Short rows get one program each (block shrinks to the row); long rows are split.
     """
-    block = max(16, min(BLOCK_SIZE, triton.next_power_of_2(max(d, 1))))
-    tiles = max(1, min(TILES_PER_CHUNK, triton.cdiv(d, block)))
-    return block, tiles, max(1, triton.cdiv(d, block * tiles))
+    block = max(16, min(BLOCK_SIZE, next_power_of_2(max(d, 1))))
+    tiles = max(1, min(TILES_PER_CHUNK, cdiv(d, block)))
+    return block, tiles, max(1, cdiv(d, block * tiles))
 
 
 class Plan(NamedTuple):
@@ -134,17 +140,33 @@ class Plan(NamedTuple):
     @property
     def groups(self) -> int:
         """Programs along the batch: groups of ``rows`` rows."""
-        return triton.cdiv(self.batch, self.rows)
+        return cdiv(self.batch, self.rows)
 
     @property
     def grid(self) -> int:
         return self.groups * self.n_chunks
 
 
+_PLANS: dict[tuple[int, ...], Plan] = {}
+
+
 def plan(B: int, d: int, itemsize: int) -> Plan:
     """The cut of a (B, d) reduction for entries of `itemsize` bytes; a pure function of the
     shape and dtype, so the summation order (and the result) is the same on every call, and no
-    runtime autotuning can re-launch a kernel inside a CUDA-graph capture.
+    runtime autotuning can re-launch a kernel inside a CUDA-graph capture. Computed once per
+    shape (and setting of this module's defaults): the host cost of a call is a dict lookup.
+    """
+    key = (B, d, itemsize, BLOCK_SIZE, TILES_PER_CHUNK, NUM_WARPS, MIN_PROGRAMS, FINISH_TILE)
+    found = _PLANS.get(key)
+    if found is None:
+        if len(_PLANS) >= 4096:  # one per shape in practice; a process that sees many starts over
+            _PLANS.clear()
+        found = _PLANS[key] = _plan(B, d, itemsize)
+    return found
+
+
+def _plan(B: int, d: int, itemsize: int) -> Plan:
+    """`plan`, computed:
 
     - Short rows (d at most one 4 KB tile): many rows per program, a [rows, block] tile of at
       most 4 KB, and fewer warps when the whole batch is smaller (B=4096, d=2: eight programs of
@@ -156,22 +178,23 @@ def plan(B: int, d: int, itemsize: int) -> Plan:
     """
     block = max(2, BLOCK_SIZE * 4 // itemsize)
     if d <= block:
-        block = triton.next_power_of_2(max(d, 1))
-        rows = min(triton.next_power_of_2(B), max(1, (BLOCK_SIZE * 4 // itemsize) // block))
+        block = next_power_of_2(max(d, 1))
+        rows = min(next_power_of_2(B), max(1, (BLOCK_SIZE * 4 // itemsize) // block))
         tiles = n_chunks = 1
     else:
         rows = 1
-        tiles = min(TILES_PER_CHUNK, triton.cdiv(d, block))
-        while tiles > 1 and B * triton.cdiv(d, block * tiles) < MIN_PROGRAMS:
-            tiles = triton.cdiv(tiles, 2)
-        n_chunks = triton.cdiv(d, block * tiles)
+        tiles = min(TILES_PER_CHUNK, cdiv(d, block))
+        while tiles > 1 and B * cdiv(d, block * tiles) < MIN_PROGRAMS:
+            tiles = cdiv(tiles, 2)
+        n_chunks = cdiv(d, block * tiles)
     # Two 16-byte loads per thread per tile: the warps a 4 KB tile needs, fewer for a smaller one.
-    warps = min(NUM_WARPS, max(1, triton.next_power_of_2(rows * block * itemsize) // 1024))
-    fchunks = min(triton.next_power_of_2(n_chunks), FINISH_TILE)
-    frows = min(triton.next_power_of_2(B), max(1, FINISH_TILE // fchunks))
+    warps = min(NUM_WARPS, max(1, next_power_of_2(rows * block * itemsize) // 1024))
+    fchunks = min(next_power_of_2(n_chunks), FINISH_TILE)
+    frows = min(next_power_of_2(B), max(1, FINISH_TILE // fchunks))
     return Plan(B, rows, block, tiles, n_chunks, warps, frows, fchunks)
 
 
+@functools.lru_cache(maxsize=1024)  # weights and centres repeat call after call
 def split_float(x: float) -> tuple[float, float]:
     """``x`` as two float32 numbers ``hi + lo``.
 

@@ -32,6 +32,7 @@ from fastgp.ops._common import (
     tile_partial,
     top_ties,
 )
+from fastgp.ops._launch import Launcher
 
 CONSTRAINT_IDS = {"ls": 0, "hinge": 1, "squared_hinge": 2}
 
@@ -375,6 +376,13 @@ def _penalty_bwd_kernel(
 # Host side: reshape to rows, allocate, launch.
 
 
+_FWD = Launcher(
+    _penalty_fwd_kernel,
+    fixed=("part_ptr", "count_ptr", "counter_ptr", "penalty_ptr", "norms_ptr", "coef_ptr", "factor_ptr"),
+)
+_BWD = Launcher(_penalty_bwd_kernel, fixed=("dg_ptr", "norms_ptr", "coef_ptr", "factor_ptr", "df_ptr"))
+
+
 def _penalty_fwd(
     grad: Tensor,
     scores: Optional[Tensor],  # noqa: UP045
@@ -386,20 +394,23 @@ def _penalty_fwd(
     output_weight: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     g = L.as_rows(grad)
-    B, d = g.shape[0], g[0].numel()
+    B = g.shape[0]
+    d = g.numel() // B
     acc = C.acc_dtype(grad.dtype)
     plan = C.plan(B, d, g.element_size())
+    grid = plan.grid
     is_max = reduction == "max"
     # Workspace: a partial per chunk (split rows), else Σh or max h (with its ties) and Σf² per program.
-    part = torch.empty(plan.grid * (1 if plan.n_chunks > 1 else 2), dtype=acc, device=g.device)
+    part = torch.empty(grid * (1 if plan.n_chunks > 1 else 2), dtype=acc, device=g.device)
     ties = norm == "linf" if plan.n_chunks > 1 else is_max
-    count = torch.empty(plan.grid if ties else 1, dtype=torch.int32, device=g.device)
+    count = torch.empty(grid if ties else 1, dtype=torch.int32, device=g.device)
     penalty = torch.empty((), dtype=acc, device=g.device)
     norms, coef, factor = (torch.empty(B, dtype=acc, device=g.device) for _ in range(3))
     has_scores = scores is not None
     f = scores.contiguous() if has_scores else penalty
-    with C.on_device(g), C.arrival_counter(g.device) as counter:
-        _penalty_fwd_kernel[(plan.grid,)](
+    with C.arrival_counter(g.device) as counter:
+        _FWD(
+            grid,
             g,
             part,
             count,
@@ -427,7 +438,7 @@ def _penalty_fwd(
             FCHUNKS=plan.fchunks,
             FINISH=C.FINISH_TILE,
             SPLIT=plan.n_chunks > 1,
-            ARRIVE=plan.grid > 1,
+            ARRIVE=grid > 1,
             ACC=C.tl_acc(acc),
             num_warps=plan.warps,
         )
@@ -448,37 +459,39 @@ def _penalty_bwd(
     dgrad = torch.empty_like(grad)
     target = L.rows_target(dgrad)
     g = L.like(grad, target)
-    B, d = g.shape[0], g[0].numel()
+    B = g.shape[0]
+    d = g.numel() // B
     plan = C.plan(B, d, g.element_size())
+    grid = plan.grid
     has_scores = scores is not None
     f = scores.contiguous() if has_scores else norms
     dnorms = dnorms.contiguous() if dnorms is not None else None
     dscores = torch.empty_like(f) if has_scores else norms.new_empty(0)
-    with C.on_device(g):
-        _penalty_bwd_kernel[(plan.grid,)](
-            g,
-            target,
-            norms,
-            coef,
-            factor,
-            dp,
-            dnorms if dnorms is not None else norms,
-            f,
-            dscores,
-            L.row_stride(g),
-            B,
-            d,
-            plan.n_chunks,
-            *C.split_float(output_weight),
-            NORM=C.NORM_IDS[norm],
-            HAS_DNORMS=dnorms is not None,
-            HAS_SCORES=has_scores,
-            ROWS=plan.rows,
-            BLOCK=plan.block,
-            TILES=plan.tiles,
-            ACC=C.tl_acc(norms.dtype),
-            num_warps=plan.warps,
-        )
+    _BWD(
+        grid,
+        g,
+        target,
+        norms,
+        coef,
+        factor,
+        dp,
+        dnorms if dnorms is not None else norms,
+        f,
+        dscores,
+        L.row_stride(g),
+        B,
+        d,
+        plan.n_chunks,
+        *C.split_float(output_weight),
+        NORM=C.NORM_IDS[norm],
+        HAS_DNORMS=dnorms is not None,
+        HAS_SCORES=has_scores,
+        ROWS=plan.rows,
+        BLOCK=plan.block,
+        TILES=plan.tiles,
+        ACC=C.tl_acc(norms.dtype),
+        num_warps=plan.warps,
+    )
     if target is not dgrad:
         dgrad.copy_(target)
     return dgrad, dscores
@@ -490,29 +503,28 @@ def _penalty_bwd(
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    grad, scores, norm, constraint, center, weight, reduction, output_weight = inputs
+    grad, scores, *settings = inputs
     _, norms, coef, factor = output
-    ctx.save_for_backward(grad, scores, norms, coef, factor)
-    ctx.norm, ctx.output_weight = norm, output_weight
-    ctx.settings = dict(
-        norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction, output_weight=output_weight
-    )
-    ctx.mark_non_differentiable(coef, factor)
+    ctx.save_for_backward(grad, scores, norms)
+    ctx.coef, ctx.factor, ctx.settings = coef, factor, settings  # internal: never returned eagerly
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, dp, dnorms, _dcoef, _dfactor):
-    grad, scores, norms, coef, factor = ctx.saved_tensors
+def _backward(ctx, dp, dnorms, *_):
+    grad, scores, norms = ctx.saved_tensors
+    norm, constraint, center, weight, reduction, output_weight = ctx.settings
     if torch.is_grad_enabled():
         # create_graph=True (a Hessian-vector product, a GN critic inside a penalty): the fused
         # backward has no derivative of its own, so differentiate the reference's formula instead.
-        dgrad, dscores = R.vjp(
-            lambda g, f: R.penalty_from_grad(g, scores=f, **ctx.settings), (grad, scores), (dp, dnorms)
-        )
+        def formula(g: Tensor, f: Tensor | None) -> tuple[Tensor, Tensor]:
+            kw = dict(norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction)
+            return R.penalty_from_grad(g, scores=f, output_weight=output_weight, **kw)
+
+        dgrad, dscores = R.vjp(formula, (grad, scores), (dp, dnorms))
         return dgrad, dscores, None, None, None, None, None, None
     if dp is None:
         dp = torch.zeros((), dtype=norms.dtype, device=norms.device)
-    dgrad, dscores = ctx.bwd(dp, dnorms, grad, scores, norms, coef, factor, ctx.norm, ctx.output_weight)
+    dgrad, dscores = ctx.bwd(dp, dnorms, grad, scores, norms, ctx.coef, ctx.factor, norm, output_weight)
     return dgrad, (dscores if scores is not None else None), None, None, None, None, None, None
 
 
@@ -559,8 +571,17 @@ def _(dp, dnorms, grad, scores, norms, coef, factor, norm, output_weight):
     return torch.empty_like(grad), (torch.empty_like(scores) if scores is not None else norms.new_empty(0))
 
 
-_Penalty = _autograd.function("_Penalty", _penalty_fwd, _penalty_bwd, _setup_context, _backward)
-_autograd.register(penalty_fwd, penalty_bwd, _setup_context, _backward)
+_PENALTY = _autograd.Fused(
+    "_Penalty",
+    _penalty_fwd,
+    _penalty_bwd,
+    penalty_fwd,
+    penalty_bwd,
+    _setup_context,
+    _backward,
+    outputs=2,
+    differentiable=(0, 1),
+)
 
 
 def penalty_from_grad(
@@ -586,6 +607,5 @@ def penalty_from_grad(
     if output_weight != 0.0 and scores is not None:
         f = scores.reshape(scores.shape[0], -1)
         f = f[:, 0] if f.shape[1] == 1 else f.to(C.acc_dtype(grad.dtype)).sum(dim=1)
-    fwd = penalty_fwd if torch.compiler.is_compiling() else _Penalty.apply
-    penalty, norms, _, _ = fwd(grad, f, norm, constraint, float(center), float(weight), reduction, float(output_weight))
+    penalty, norms = _PENALTY(grad, f, norm, constraint, float(center), float(weight), reduction, float(output_weight))
     return penalty, norms
