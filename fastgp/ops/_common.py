@@ -104,6 +104,12 @@ def next_power_of_2(n: int) -> int:
     return 1 << (n - 1).bit_length() if n > 1 else 1
 
 
+def counter_if(counting: bool, device: torch.device, placeholder: Tensor) -> contextlib.AbstractContextManager:
+    """`arrival_counter(device)` for a launch whose programs count their arrivals, else
+    `placeholder` (a launch of one program, or with nothing to reduce, never reads it)."""
+    return arrival_counter(device) if counting else contextlib.nullcontext(placeholder)
+
+
 def tl_acc(dtype: torch.dtype) -> tl.dtype:
     """The Triton accumulation type for a torch accumulation dtype."""
     return _TL_ACC[dtype]
@@ -241,6 +247,7 @@ def tile_partial(
     stride_row,
     start,
     d,
+    scale,
     NORM: tl.constexpr,
     ONE_MINUS: tl.constexpr,
     ROWS: tl.constexpr,
@@ -249,7 +256,7 @@ def tile_partial(
     ACC: tl.constexpr,
 ):
     """Partials ``([ROWS] value, [ROWS] int32 count)`` of entries ``[start, start + TILES·BLOCK)``
-    of a block of rows of g (or of 1 - g), read as [ROWS, BLOCK] tiles."""
+    of a block of rows of ``scale·g`` (or of ``1 - g``), read as [ROWS, BLOCK] tiles."""
     base = g_ptr + rows.to(tl.int64)[:, None] * stride_row
     acc = tl.zeros([ROWS, BLOCK], ACC)
     top = tl.full([ROWS, BLOCK], -1.0, ACC)  # per-lane running max of |g|; -1 below any |g|
@@ -257,7 +264,7 @@ def tile_partial(
     for t in range(TILES):
         cols = start + t * BLOCK + tl.arange(0, BLOCK)
         mask = row_mask[:, None] & (cols < d)[None, :]
-        x = tl.load(base + cols[None, :], mask=mask, other=0.0).to(ACC)
+        x = tl.load(base + cols[None, :], mask=mask, other=0.0).to(ACC) * scale
         if ONE_MINUS:
             x = tl.where(mask, 1.0 - x, 0.0)
         if NORM == 0:

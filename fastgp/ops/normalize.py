@@ -13,8 +13,6 @@ gradient into `grad` is never detached: it carries the generator's signal.
 
 # No `from __future__ import annotations`: torch.library.custom_op reads the annotations at
 # runtime to infer the schema, and older torch releases cannot resolve strings.
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
@@ -90,6 +88,7 @@ def _normalize_fwd_kernel(
             stride_row,
             (pid % n_chunks) * (BLOCK * TILES),
             d,
+            1.0,
             NORM,
             PGN,
             1,
@@ -114,7 +113,7 @@ def _normalize_fwd_kernel(
         # Whole rows: no batch reduction, so no workspace, counter or atomic.
         rows = pid * ROWS + tl.arange(0, ROWS)
         mask = rows < B
-        value, count = tile_partial(g_ptr, rows, mask, stride_row, 0, d, NORM, PGN, ROWS, BLOCK, TILES, ACC)
+        value, count = tile_partial(g_ptr, rows, mask, stride_row, 0, d, 1.0, NORM, PGN, ROWS, BLOCK, TILES, ACC)
         _store_rows(value, count, rows, mask, f_ptr, out_ptr, norms_ptr, factor_ptr, NORM, PGN, ACC)
 
 
@@ -189,8 +188,7 @@ def _normalize_fwd(scores: Tensor, grad: Tensor, mode: str, norm: str) -> tuple[
     part = torch.empty(grid if split else 1, dtype=acc, device=g.device)
     count = torch.empty(grid if split and norm == "linf" else 1, dtype=torch.int32, device=g.device)
     norms, factor = (torch.empty(B, dtype=acc, device=g.device) for _ in range(2))
-    counter = C.arrival_counter(g.device) if split else contextlib.nullcontext(count)
-    with counter as counter:
+    with C.counter_if(split, g.device, count) as counter:
         _FWD(
             grid,
             g,
