@@ -92,8 +92,9 @@ class Launcher:
             self._launch(device, grid, args, meta)
 
     def _launch(self, device: int, grid: int, args: tuple, meta: dict[str, Any]) -> None:
-        if not self.cached or _hooked(self.kernel):
-            self.kernel[(grid,)](*args, **meta)
+        kernel = self.kernel
+        if not self.cached or _hooked(kernel):
+            kernel[(grid,)](*args, **meta)
             return
         active = driver.active
         if device < 0:  # CPU tensors: host-only launches (fastgp._hosttime)
@@ -104,18 +105,9 @@ class Launcher:
             self._compile(key, grid, args, meta)
             return
         compiled, constexprs = entry
+        stream = active.get_current_stream(device)
         compiled.run(
-            grid,
-            1,
-            1,
-            active.get_current_stream(device),
-            compiled.function,
-            compiled.packed_metadata,
-            None,
-            None,
-            None,
-            *args,
-            *constexprs,
+            grid, 1, 1, stream, compiled.function, compiled.packed_metadata, None, None, None, *args, *constexprs
         )
 
     def key(self, device: int, args: tuple, meta: dict[str, Any]) -> tuple:

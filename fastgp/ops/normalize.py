@@ -179,16 +179,18 @@ def _normalize_fwd(scores: Tensor, grad: Tensor, mode: str, norm: str) -> tuple[
     g = L.as_rows(grad)
     B = g.shape[0]
     d = g.numel() // B
+    dev = g.device
     acc = C.acc_dtype(scores.dtype, grad.dtype)
     f = scores.reshape(-1).contiguous()
     out = torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)
     plan = C.plan(B, d, g.element_size())
     grid = plan.grid
     split = plan.n_chunks > 1
-    part = torch.empty(grid if split else 1, dtype=acc, device=g.device)
-    count = torch.empty(grid if split and norm == "linf" else 1, dtype=torch.int32, device=g.device)
-    norms, factor = (torch.empty(B, dtype=acc, device=g.device) for _ in range(2))
-    with C.counter_if(split, g.device, count) as counter:
+    part = torch.empty(grid if split else 1, dtype=acc, device=dev)
+    count = torch.empty(grid if split and norm == "linf" else 1, dtype=torch.int32, device=dev)
+    norms = torch.empty(B, dtype=acc, device=dev)
+    factor = torch.empty_like(norms)
+    with C.counter_if(split, dev, count) as counter:
         _FWD(
             grid,
             g,

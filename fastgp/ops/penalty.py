@@ -413,19 +413,21 @@ def _penalty_fwd(
     g = L.as_rows(grad)
     B = g.shape[0]
     d = g.numel() // B
+    dev = g.device
     acc = C.acc_dtype(grad.dtype)
     plan = C.plan(B, d, g.element_size())
     grid = plan.grid
     is_max = reduction == "max"
     # Workspace: a partial per chunk (split rows), else Σh or max h (with its ties) and Σf² per program.
-    part = torch.empty(grid * (1 if plan.n_chunks > 1 else 2), dtype=acc, device=g.device)
+    part = torch.empty(grid * (1 if plan.n_chunks > 1 else 2), dtype=acc, device=dev)
     ties = norm == "linf" if plan.n_chunks > 1 else is_max
-    count = torch.empty(grid if ties else 1, dtype=torch.int32, device=g.device)
-    penalty = torch.empty((), dtype=acc, device=g.device)
-    norms, coef, factor = (torch.empty(B, dtype=acc, device=g.device) for _ in range(3))
+    count = torch.empty(grid if ties else 1, dtype=torch.int32, device=dev)
+    penalty = torch.empty((), dtype=acc, device=dev)
+    norms = torch.empty(B, dtype=acc, device=dev)
+    coef, factor = torch.empty_like(norms), torch.empty_like(norms)
     has_scores = scores is not None
     f = scores.contiguous() if has_scores else penalty
-    with C.counter_if(grid > 1, g.device, count) as counter:
+    with C.counter_if(grid > 1, dev, count) as counter:
         _FWD(
             grid,
             g,
