@@ -1,24 +1,23 @@
-"""The host side of the Triton backend: cached launches, the two ways into each op (eager and
-compiled), and the random streams of the interpolation kernel, pinned against Philox written out
+"""The host side of the Triton backend: cached launches, the ways into each op (recorded by autograd or
+not, compiled), and the random streams of the interpolation kernel, pinned against Philox written out
 in Python.
 
 Like test_triton_ops.py, runs on CUDA tensors with a GPU and through the interpreter without one.
 """
 
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
+import compiled_script
+
 from fastgp import ops
 from fastgp.ops import _common, _launch
 
-ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 interpolate_module = sys.modules["fastgp.ops.interpolate"]  # `ops.interpolate` is the function
 
@@ -36,20 +35,7 @@ def small_chunks(monkeypatch):
 @pytest.mark.skipif(not _launch.CACHED, reason="cached launches need triton >= 3.3")
 def test_host_only_launches_use_the_kernel_triton_would():
     """Every op forward and backward on host-only sm_90 launches; see triton_host_launch.py."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "triton_host_launch.py")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=1200,
-    )
-    out = proc.stdout + proc.stderr
-    if proc.returncode != 0 and "ptxas" in out and ("not found" in out or "No such file" in out):
-        pytest.skip("this Triton install has no ptxas to lower kernels with")
-    assert proc.returncode == 0, out[-4000:]
+    out = compiled_script.run("triton_host_launch.py", timeout=1200)
     assert "FAIL" not in out and out.count("ok ") >= 5, out[-2000:]
 
 

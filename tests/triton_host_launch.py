@@ -55,6 +55,9 @@ def run_ops(x: torch.Tensor, s: torch.Tensor, seed: int | None) -> None:
     f = s.detach().requires_grad_()
     p, _ = fastgp.ops.penalty_from_grad(g, scores=f, output_weight=0.5)
     torch.autograd.grad(p, (g, f))
+    scale = torch.tensor([0.5, 0.25])[1:]  # an AMP scale at a 4-byte offset
+    p, _ = fastgp.ops.penalty_from_grad(g, norm="linf", reduction="max", grad_scale=scale)
+    torch.autograd.grad(p, (g,))
     for norm in ("l2", "linf"):
         torch.autograd.grad(fastgp.ops.normalize(f, g, norm=norm).sum(), (f, g))
     fake = torch.randn_like(x).requires_grad_()

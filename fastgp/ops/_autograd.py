@@ -58,6 +58,11 @@ class Fused:
         self.function = type(
             name, (torch.autograd.Function,), {"forward": staticmethod(forward_ctx), "backward": staticmethod(backward)}
         )
+        # Function.apply's Python layer binds the arguments of setup_context-style Functions and
+        # unwraps functorch's wrappers: neither applies here (old style; functorch takes the custom
+        # op), so eager calls go straight to the C++ apply it ends in, ~2 µs less per call.
+        base_apply = torch._C._FunctionBase.__dict__.get("apply")
+        self.apply = base_apply.__get__(None, self.function) if base_apply is not None else self.function.apply
         self.forward, self.op, self.outputs, self.differentiable = forward, op, outputs, differentiable
 
     def __call__(self, *inputs: Any) -> tuple:
@@ -67,5 +72,5 @@ class Fused:
             for i in self.differentiable:
                 t = inputs[i]
                 if t is not None and t.requires_grad:
-                    return self.function.apply(*inputs)
+                    return self.apply(*inputs)
         return self.forward(*inputs)[: self.outputs]

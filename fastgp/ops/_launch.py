@@ -5,10 +5,12 @@ argument, building and hashing its cache key, checking globals, launch metadata)
 whole eager op it replaces on a small input. A `Launcher` keys its own cache on everything Triton
 specialises a kernel on, computed directly: the device; each tensor's dtype and its address modulo
 16; each integer's value, or its type (i32, i64, u64) for a ``do_not_specialize`` parameter; the
-types of floats and bools; the constexprs and options. The first
-call with a new key goes through Triton's own path (which compiles if needed) and keeps the
-`CompiledKernel` it returns; later calls hand that kernel straight to its launcher, as Triton's
-path would. Runtime arguments are passed positionally, constexprs and options by keyword.
+types of floats and bools; the constexprs and options. The first call with a new key goes through
+Triton's own path (which compiles if needed) and keeps the `CompiledKernel` it returns; later calls
+hand that kernel straight to its launcher, as Triton's path would. Runtime arguments are passed
+positionally, constexprs and options by keyword. tests/triton_host_launch.py checks, on host-only
+launches for sm_90 (`fastgp._hosttime`), that every launch of every op uses the very kernel
+Triton's own binder would pick.
 
 Triton's generic path is used instead where that cannot be done the same way: interpreted kernels
 (``TRITON_INTERPRET=1``), Triton releases before 3.3 (a different launcher calling convention),
@@ -63,7 +65,8 @@ class Launcher:
     when it differs, and on that device's current stream. `fixed` names the parameters whose
     specialisation never changes from call to call, left out of the key (a few hundred ns each):
     pointers that every call fills with a tensor it has just allocated (16-byte aligned) of a dtype
-    that follows from the other arguments, and ``do_not_specialize`` integers always in int32 range.
+    that follows from the other arguments, ``do_not_specialize`` integers always in int32 range,
+    and parameters that always receive a Python float.
     """
 
     def __init__(self, kernel: Any, fixed: tuple[str, ...] = ()) -> None:

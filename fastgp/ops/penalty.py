@@ -392,11 +392,14 @@ def _penalty_bwd_kernel(
 # Host side: reshape to rows, allocate, launch.
 
 
+# Left out of the launch keys (see `Launcher`): buffers allocated here, and the float halves of
+# `split_float`, which Triton always types fp32.
+_FLOATS = ("center_hi", "center_lo", "weight_hi", "weight_lo", "eps_hi", "eps_lo")
 _FWD = Launcher(
     _penalty_fwd_kernel,
-    fixed=("part_ptr", "count_ptr", "counter_ptr", "penalty_ptr", "norms_ptr", "coef_ptr", "factor_ptr"),
+    fixed=("part_ptr", "count_ptr", "counter_ptr", "penalty_ptr", "norms_ptr", "coef_ptr", "factor_ptr", *_FLOATS),
 )
-_BWD = Launcher(_penalty_bwd_kernel, fixed=("dg_ptr", "norms_ptr", "coef_ptr", "factor_ptr", "df_ptr"))
+_BWD = Launcher(_penalty_bwd_kernel, fixed=("dg_ptr", "norms_ptr", "coef_ptr", "factor_ptr", "df_ptr", *_FLOATS[4:]))
 
 
 def _penalty_fwd(
