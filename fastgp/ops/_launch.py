@@ -99,22 +99,22 @@ class Launcher:
         if not self.cached or _hooked(kernel):
             kernel[(grid,)](*args, **meta)
             return
-        active = driver.active
-        if device < 0:  # CPU tensors: host-only launches (fastgp._hosttime)
-            device = active.get_current_device()
         key = self.key(device, args, meta)
         entry = self._cache.get(key)
         if entry is None:
             self._compile(key, grid, args, meta)
             return
         compiled, constexprs = entry
-        stream = active.get_current_stream(device)
+        active = driver.active
+        # CPU tensors reach a compiled kernel only through host-only launches (fastgp._hosttime).
+        stream = active.get_current_stream(device if device >= 0 else active.get_current_device())
         compiled.run(
             grid, 1, 1, stream, compiled.function, compiled.packed_metadata, None, None, None, *args, *constexprs
         )
 
     def key(self, device: int, args: tuple, meta: dict[str, Any]) -> tuple:
-        """A key at least as fine as Triton's specialisation of this launch (see the module docstring).
+        """A key at least as fine as Triton's specialisation of this launch (see the module docstring);
+        `device` is the CUDA device index, -1 for CPU tensors.
 
         Specialised integers enter with their value (one entry per shape, cheaper to build than
         Triton's classes), the others with their type only.
@@ -146,6 +146,5 @@ class Launcher:
 
     def compiled(self, *args: Any, **meta: Any) -> Any:
         """The `CompiledKernel` this launcher uses for these arguments (None before their first launch)."""
-        device = args[0].get_device()
-        entry = self._cache.get(self.key(device if device >= 0 else driver.active.get_current_device(), args, meta))
+        entry = self._cache.get(self.key(args[0].get_device(), args, meta))
         return None if entry is None else entry[0]
