@@ -8,14 +8,15 @@ twice PyTorch's own error in that dtype (the reference run in that dtype) plus a
 Inputs are fresh random draws (conftest.py seeds each test and prints the seed).
 """
 
-import importlib
 import os
+import threading
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
 import triton
+import triton.language as tl
 
 from fastgp import _layout, ops
 from fastgp import reference as R
@@ -181,8 +182,17 @@ def test_plan(B, d, itemsize):
         assert plan.grid == 1 and plan.warps == 1, "a small batch of short rows: one program, one warp"
 
 
+@pytest.fixture(params=["split rows", "rows per program"])
+def cut(request):
+    """Both cuts of `_common.plan` on the same small tensors: rows split over programs, or whole
+    rows (several per program) with the default tiles."""
+    if request.param == "split rows":
+        request.getfixturevalue("small_chunks")
+    return request.param
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "batch_inner", "batch_of_one", "expanded"])
-def test_penalty_layouts(small_chunks, layout):
+def test_penalty_layouts(cut, layout):
     base = randn(4, 3, 5, 6)
     grad = {
         "contiguous": base,
@@ -230,6 +240,27 @@ def test_linf_ties_share_the_gradient(small_chunks, dtype):
     check_penalty(grad, norm="linf", constraint="ls", center=0.5)
     dgrad = penalty_grad(grad, norm="linf", constraint="ls", center=0.5)
     assert (dgrad[0] != 0).sum() == 3 and (dgrad[2] != 0).sum() == 2
+
+
+@triton.jit
+def _reduce_partials(part_ptr, count_ptr, value_ptr, ties_ptr, B, n_chunks, FROWS: tl.constexpr, FCHUNKS: tl.constexpr):
+    rows = tl.arange(0, FROWS)
+    value, ties = _common.split_row_partials(
+        part_ptr, count_ptr, rows, rows < B, n_chunks, 2, FROWS, FCHUNKS, tl.float32
+    )
+    tl.store(value_ptr + rows, value, mask=rows < B)
+    tl.store(ties_ptr + rows, ties, mask=rows < B)
+
+
+def test_linf_tie_counts_add_up_past_int32():
+    """A row of more than 2^31 entries: its chunks' counts fit int32, their sum is taken in int64."""
+    big = 2**31 - 1
+    part = torch.tensor([[1.5, 1.5, 0.5, 1.5, 1.5], [2.0, 1.0, 1.0, 1.0, 1.0]], device=DEVICE)
+    count = torch.tensor([[big, 7, 9, big, 1], [3, 5, 5, 5, 5]], dtype=torch.int32, device=DEVICE)
+    value = torch.empty(2, device=DEVICE)
+    ties = torch.empty(2, dtype=torch.int64, device=DEVICE)
+    _reduce_partials[(1,)](part, count, value, ties, 2, 5, FROWS=2, FCHUNKS=2)  # 3 steps of 2 chunks
+    assert value.tolist() == [1.5, 2.0] and ties.tolist() == [2 * big + 8, 3]
 
 
 def test_reduction_max_ties_share_the_weight(small_chunks):
@@ -321,7 +352,7 @@ def test_normalize_matches_reference(small_chunks, mode, norm, dtype):
     check_normalize(randn(4, dtype=dtype, scale=2.0), randn(4, 3, 17, dtype=dtype, scale=0.2), mode, norm)
 
 
-def test_normalize_layouts_and_mixed_dtypes(small_chunks):
+def test_normalize_layouts_and_mixed_dtypes(cut):
     grad = randn(3, 2, 4, 5).to(memory_format=torch.channels_last)
     for norm in NORMS:
         _, _, dgrad = check_normalize(randn(3, 2)[:, :1], grad, "gn", norm)  # (B, 1) non-contiguous
@@ -524,8 +555,7 @@ def test_arrival_counter_is_reset_by_each_launch(small_chunks):
 def test_interrupted_launch_does_not_poison_later_calls(small_chunks, monkeypatch, error):
     grad, scores = randn(3, 70), randn(3)
     want = R.penalty_from_grad(grad, norm="l2")[0]
-    penalty_op = importlib.import_module("fastgp.ops.penalty")
-    original = penalty_op.tile_partial
+    original = _common.tile_partial
     calls = []
 
     def stop_at_the_third_program(*args):
@@ -534,35 +564,33 @@ def test_interrupted_launch_does_not_poison_later_calls(small_chunks, monkeypatc
             raise error("stopped")
         return original(*args)
 
-    monkeypatch.setattr(penalty_op, "tile_partial", stop_at_the_third_program)
+    monkeypatch.setattr(_common, "tile_partial", stop_at_the_third_program)
     with pytest.raises((error, Exception)):
         ops.penalty_from_grad(grad, norm="l2")
-    monkeypatch.setattr(penalty_op, "tile_partial", original)
+    monkeypatch.setattr(_common, "tile_partial", original)
     torch.testing.assert_close(ops.penalty_from_grad(grad, norm="l2")[0], want)
     assert_close("f_hat", ops.normalize(scores, grad), R.normalize(scores, grad), R.normalize(scores, grad), grad.dtype)
 
 
-def _launch_in_flight(device) -> None:
-    """Hold this thread's counter with two programs arrived, as a launch still running would."""
-    with _common.arrival_counter(torch.device(device)) as counter:
-        counter += 2
-        _launch_in_flight.ready.set()
-        _launch_in_flight.done.wait(timeout=60)
-        counter.zero_()
-
-
 def test_threads_do_not_share_a_counter(small_chunks):
-    import threading
+    ready, done = threading.Event(), threading.Event()
 
-    _launch_in_flight.ready, _launch_in_flight.done = threading.Event(), threading.Event()
-    other = threading.Thread(target=_launch_in_flight, args=(DEVICE,))
+    def launch_in_flight() -> None:
+        """This thread's counter held with two programs arrived, as a launch still running would."""
+        with _common.arrival_counter(torch.device(DEVICE)) as counter:
+            counter += 2
+            ready.set()
+            done.wait(timeout=60)
+            counter.zero_()
+
+    other = threading.Thread(target=launch_in_flight)
     other.start()
     try:
-        assert _launch_in_flight.ready.wait(timeout=60)
+        assert ready.wait(timeout=60)
         check_penalty(randn(3, 70), norm="linf", reduction="max")
         check_normalize(randn(3), randn(3, 70), "gn", "l1")
     finally:
-        _launch_in_flight.done.set()
+        done.set()
         other.join()
 
 

@@ -1,5 +1,6 @@
-"""What the fused ops share: reading a (B, *S) tensor as B rows, cutting rows into chunks, and the
-per-row norm pieces of SPEC.md §3 that `penalty.py` and `normalize.py` both reduce.
+"""What the fused ops share: reading a (B, *S) tensor as B rows, cutting them into programs (`plan`),
+finding the last program of a one-launch reduction (`arrival_counter`), and the per-row norm
+pieces of SPEC.md §3 that `penalty.py` and `normalize.py` both reduce.
 
 Layout: see `fastgp._layout` (shared with the CUDA backend).
 """
@@ -125,9 +126,9 @@ def tl_acc(dtype: torch.dtype) -> tl.dtype:
 
 
 def chunking(d: int) -> tuple[int, int, int]:
-    """``(block, tiles, n_chunks)``: a program reads ``tiles`` blocks of ``block`` entries of a row.
-
-    Short rows get one program each (block shrinks to the row); long rows are split.
+    """``(block, tiles, n_chunks)`` of an elementwise op (interpolation): a program reads ``tiles``
+    blocks of ``block`` entries of a row. Short rows get one program each (block shrinks to the
+    row); long rows are split.
     """
     block = max(16, min(BLOCK_SIZE, next_power_of_2(max(d, 1))))
     tiles = max(1, min(TILES_PER_CHUNK, cdiv(d, block)))
@@ -137,8 +138,9 @@ def chunking(d: int) -> tuple[int, int, int]:
 class Plan(NamedTuple):
     """How a one-pass reduction over B rows of d entries is cut into programs.
 
-    A program reads ``rows`` consecutive rows of the ``batch`` and, of each, ``tiles`` tiles of ``block`` entries
-    (one chunk); ``n_chunks`` programs share a row when rows are split (then ``rows`` is 1). The
+    A program reads ``rows`` consecutive rows of the ``batch`` and, of each, ``tiles`` tiles of
+    ``block`` entries (one chunk); ``n_chunks`` programs share a row when rows are split (then
+    ``rows`` is 1). The
     last program of a split reduction reads the partials ``frows`` rows × ``fchunks`` chunks at a
     time. ``grid`` is the number of programs, ``warps`` the warps of each.
     """
@@ -190,6 +192,10 @@ def _plan(B: int, d: int, itemsize: int) -> Plan:
       halved while the grid has fewer than MIN_PROGRAMS programs. A row that fits one chunk is
       reduced by one program, which writes its own norm; longer rows are split over programs
       whose partials the last one reduces, FINISH_TILE at a time.
+
+    The tile is 4 KB whatever the dtype (BLOCK_SIZE entries of 4 bytes), so that on NUM_WARPS
+    warps each thread issues two 16-byte loads per tile: enough bytes in flight per SM to reach
+    the memory bandwidth with a few programs per SM, few enough registers not to spill.
     """
     block = max(2, BLOCK_SIZE * 4 // itemsize)
     if d <= block:
@@ -291,6 +297,35 @@ def tile_partial(
         value = tl.sum(acc, axis=1)
         count = tl.sum(ties, axis=1)
     return value, count
+
+
+@triton.jit
+def chunk_arrive(
+    g_ptr,
+    part_ptr,
+    count_ptr,
+    counter_ptr,
+    stride_row,
+    B,
+    d,
+    n_chunks,
+    scale,
+    NORM: tl.constexpr,
+    ONE_MINUS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    TILES: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """The first half of a split-row reduction: this program reduces its chunk of its row into the
+    workspace, then arrives. True for the last program, which sees every partial."""
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // n_chunks + tl.arange(0, 1)
+    start = (pid % n_chunks) * (BLOCK * TILES)
+    value, count = tile_partial(g_ptr, row, row < B, stride_row, start, d, scale, NORM, ONE_MINUS, 1, BLOCK, TILES, ACC)
+    tl.store(part_ptr + pid + tl.arange(0, 1), value)
+    if NORM == 2:
+        tl.store(count_ptr + pid + tl.arange(0, 1), count)
+    return arrive(counter_ptr, tl.num_programs(0))
 
 
 @triton.jit

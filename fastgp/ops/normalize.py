@@ -1,9 +1,9 @@
 """Fused gradient normalisation (SPEC.md §4): GN ``f̂ = f / (‖g‖ + |f|)`` (Wu et al. 2021) and
 PGN ``f̂ = (1-f) / (‖1-g‖ + |1-f|)`` (Xia, Algorithm 1).
 
-Forward, one launch: the norm reduction of `penalty.py` (per-chunk partials, the last program
-to finish sums them in chunk order) with the division folded into the last program. Backward,
-one launch, with ``u = f`` or ``1-f``, ``s = ±1``, ``q = n + |u|``:
+Forward, one launch: the norm reduction of `penalty.py` with the division folded in, done by the
+program that reduces each row (whole rows: no workspace, no atomic) or by the last program to
+arrive (split rows). Backward, one launch, with ``u = f`` or ``1-f``, ``s = ±1``, ``q = n + |u|``:
 
     ∂f̂/∂f_i = s · n_i / q_i²            ∂f̂/∂g_i = -(u_i / q_i²) · ∂n_i/∂g_i
 
@@ -22,7 +22,7 @@ from fastgp import _layout as L
 from fastgp import reference as R
 from fastgp.ops import _autograd
 from fastgp.ops import _common as C
-from fastgp.ops._common import arrive, norm_direction, norm_factor, split_row_partials, tile_partial
+from fastgp.ops._common import chunk_arrive, norm_direction, norm_factor, split_row_partials, tile_partial
 from fastgp.ops._launch import Launcher
 
 
@@ -78,28 +78,11 @@ def _normalize_fwd_kernel(
 ):
     pid = tl.program_id(0).to(tl.int64)
     if SPLIT:
-        # Split rows (ROWS = 1): reduce one chunk into the workspace; the last program to arrive
-        # reduces every row's partials.
-        row = pid // n_chunks + tl.arange(0, 1)
-        value, count = tile_partial(
-            g_ptr,
-            row,
-            row < B,
-            stride_row,
-            (pid % n_chunks) * (BLOCK * TILES),
-            d,
-            1.0,
-            NORM,
-            PGN,
-            1,
-            BLOCK,
-            TILES,
-            ACC,
+        # Split rows (ROWS = 1): the last program to arrive reduces every row's partials.
+        last = chunk_arrive(
+            g_ptr, part_ptr, count_ptr, counter_ptr, stride_row, B, d, n_chunks, 1.0, NORM, PGN, BLOCK, TILES, ACC
         )
-        tl.store(part_ptr + pid + tl.arange(0, 1), value)
-        if NORM == 2:
-            tl.store(count_ptr + pid + tl.arange(0, 1), count)
-        if arrive(counter_ptr, tl.num_programs(0)):
+        if last:
             r0 = 0
             while r0 < B:  # `while`: see the note on runtime loop bounds in _common.py
                 rows = r0 + tl.arange(0, FROWS)

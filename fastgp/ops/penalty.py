@@ -1,10 +1,12 @@
 """Fused gradient penalty ``P = λ · R_i h(‖g_i‖) + ε · mean_i f_i²`` (SPEC.md §3).
 
-Forward, one launch: every program reduces one chunk of one row of g to a partial (Σg², Σ|g|, or
-max |g| with its tie count) in a workspace; the last program to finish (atomic counter) sums the
-partials of each row in chunk order (deterministic, no float atomics) and writes the norms
-``n_i``, the per-sample backward coefficient ``λ/B · h'(n_i)`` (``λ/k`` on the k maxima under
-``reduction="max"``), ∂n_i/∂g_i's per-row factor, and ``P``.
+Forward, one launch, cut by `_common.plan`. Whole rows: each program reduces its rows (Σg², Σ|g|,
+or max |g| with its tie count), writes their norms ``n_i``, the per-sample backward coefficient
+``λ/B · h'(n_i)`` and ∂n_i/∂g_i's per-row factor, and leaves one partial of the batch reduction.
+Split rows: each program leaves its chunk's partial. Either way the last program to arrive (an
+integer counter) reduces the partials in a fixed order (deterministic, no float atomics), writes
+what is left (the split rows' results; ``λ/k`` on the k maxima under ``reduction="max"``) and
+``P``. With `grad_scale` the kernels read ``grad_scale · g`` (AMP's unscaling, folded into the load).
 
 Backward, one launch: ``∂P/∂g_i = coef_i · s_i · dir(g_i)`` (see `_common.norm_direction`) and
 ``∂P/∂f_i = (2ε/B) · f_i``, both times the incoming gradient of P, which stays on the device.
@@ -25,6 +27,7 @@ from fastgp.ops import _autograd
 from fastgp.ops import _common as C
 from fastgp.ops._common import (
     arrive,
+    chunk_arrive,
     merge_top,
     norm_direction,
     norm_factor,
@@ -170,7 +173,6 @@ def _penalty_fwd_kernel(
     TILES: tl.constexpr,
     FROWS: tl.constexpr,
     FCHUNKS: tl.constexpr,
-    FINISH: tl.constexpr,
     SPLIT: tl.constexpr,
     ARRIVE: tl.constexpr,
     ACC: tl.constexpr,
@@ -184,152 +186,64 @@ def _penalty_fwd_kernel(
     if HAS_SCALE:
         scale = tl.load(scale_ptr).to(ACC)
     if SPLIT:
-        # Split rows (ROWS = 1): reduce one chunk into the workspace; the last program to arrive
-        # reduces every row's partials and writes everything.
-        row = pid // n_chunks + tl.arange(0, 1)
-        value, count = tile_partial(
-            g_ptr,
-            row,
-            row < B,
-            stride_row,
-            (pid % n_chunks) * (BLOCK * TILES),
-            d,
-            scale,
-            NORM,
-            False,
-            1,
-            BLOCK,
-            TILES,
-            ACC,
+        # Split rows (ROWS = 1): the last program to arrive reduces every row's partials and
+        # writes every row's results.
+        last = chunk_arrive(
+            g_ptr, part_ptr, count_ptr, counter_ptr, stride_row, B, d, n_chunks, scale, NORM, False, BLOCK, TILES, ACC
         )
-        tl.store(part_ptr + pid + tl.arange(0, 1), value)
-        if NORM == 2:
-            tl.store(count_ptr + pid + tl.arange(0, 1), count)
-        if arrive(counter_ptr, programs):
-            h_sum = tl.zeros([FROWS], ACC)
-            h_top = tl.full([FROWS], -1.0, ACC)
-            h_ties = tl.zeros([FROWS], tl.int32)
-            f2 = tl.zeros([FROWS], ACC)
-            r0 = 0
-            while r0 < B:  # `while`: see the note on runtime loop bounds in _common.py
-                rows = r0 + tl.arange(0, FROWS)
-                mask = rows < B
-                r0 += FROWS
-                values, counts = split_row_partials(
-                    part_ptr, count_ptr, rows, mask, n_chunks, NORM, FROWS, FCHUNKS, ACC
-                )
-                h, f2_rows = _store_rows(
-                    values,
-                    counts,
-                    rows,
-                    mask,
-                    f_ptr,
-                    norms_ptr,
-                    coef_ptr,
-                    factor_ptr,
-                    B,
-                    center,
-                    weight,
-                    scale,
-                    NORM,
-                    CONSTRAINT,
-                    MAX,
-                    HAS_SCORES,
-                    ACC,
-                )
-                h_sum += h
-                h_top, h_ties = merge_top(h_top, h_ties, h, mask.to(tl.int32))
-                f2 += f2_rows
-            _finish_penalty(
-                h_sum,
-                h_top,
-                h_ties,
-                f2,
-                f_ptr,
-                penalty_ptr,
-                norms_ptr,
-                coef_ptr,
-                B,
-                center,
-                weight,
-                eps,
-                CONSTRAINT,
-                MAX,
-                HAS_SCORES,
-                FINISH,
-            )
+        bound = B
     else:
-        # Whole rows: this program writes its rows' norms and coefficients itself, and one
-        # partial of the batch reduction (Σh or max h with its ties, Σf²) for the last program.
+        # Whole rows: this program writes its rows' results itself, and one partial of the batch
+        # reduction (Σh, or max h with its ties; Σf²) for the last program.
         rows = pid * ROWS + tl.arange(0, ROWS)
         mask = rows < B
         value, count = tile_partial(g_ptr, rows, mask, stride_row, 0, d, scale, NORM, False, ROWS, BLOCK, TILES, ACC)
-        h, f2_rows = _store_rows(
-            value,
-            count,
-            rows,
-            mask,
-            f_ptr,
-            norms_ptr,
-            coef_ptr,
-            factor_ptr,
-            B,
-            center,
-            weight,
-            scale,
-            NORM,
-            CONSTRAINT,
-            MAX,
-            HAS_SCORES,
-            ACC,
-        )
+        h, f2 = _store_rows(
+            value, count, rows, mask, f_ptr, norms_ptr, coef_ptr, factor_ptr, B, center, weight, scale,
+            NORM, CONSTRAINT, MAX, HAS_SCORES, ACC,
+        )  # fmt: skip
         if MAX:
             top, k = top_ties(h, mask.to(tl.int32), 0)
             tl.store(part_ptr + pid, top)
             tl.store(count_ptr + pid, k)
         else:
             tl.store(part_ptr + pid, tl.sum(h, axis=0))
-        tl.store(part_ptr + programs + pid, tl.sum(f2_rows, axis=0))
+        tl.store(part_ptr + programs + pid, tl.sum(f2, axis=0))
         if ARRIVE:
             last = arrive(counter_ptr, programs)
         else:
             tl.debug_barrier()
             last = pid == 0
-        if last:
-            h_sum = tl.zeros([FINISH], ACC)
-            h_top = tl.full([FINISH], -1.0, ACC)
-            h_ties = tl.zeros([FINISH], tl.int32)
-            f2 = tl.zeros([FINISH], ACC)
-            i0 = 0
-            while i0 < programs:  # `while`: see the note on runtime loop bounds in _common.py
-                i = i0 + tl.arange(0, FINISH)
-                m = i < programs
-                i0 += FINISH
-                p = tl.load(part_ptr + i, mask=m, other=-1.0 if MAX else 0.0, cache_modifier=".cg")
-                if MAX:
-                    ties = tl.load(count_ptr + i, mask=m, other=0, cache_modifier=".cg")
-                    h_top, h_ties = merge_top(h_top, h_ties, p, ties)
-                else:
-                    h_sum += p
-                f2 += tl.load(part_ptr + programs + i, mask=m, other=0.0, cache_modifier=".cg")
-            _finish_penalty(
-                h_sum,
-                h_top,
-                h_ties,
-                f2,
-                f_ptr,
-                penalty_ptr,
-                norms_ptr,
-                coef_ptr,
-                B,
-                center,
-                weight,
-                eps,
-                CONSTRAINT,
-                MAX,
-                HAS_SCORES,
-                FINISH,
-            )
+        bound = programs
+    if last:
+        # Per-lane Σh, max h with its ties, and Σf², over rows (split) or programs' partials.
+        h_sum = tl.zeros([FROWS], ACC)
+        h_top = tl.full([FROWS], -1.0, ACC)
+        h_ties = tl.zeros([FROWS], tl.int32)
+        f2_sum = tl.zeros([FROWS], ACC)
+        i0 = 0
+        while i0 < bound:  # `while`: see the note on runtime loop bounds in _common.py
+            i = i0 + tl.arange(0, FROWS)
+            m = i < bound
+            i0 += FROWS
+            if SPLIT:
+                values, counts = split_row_partials(part_ptr, count_ptr, i, m, n_chunks, NORM, FROWS, FCHUNKS, ACC)
+                h_i, f2_i = _store_rows(
+                    values, counts, i, m, f_ptr, norms_ptr, coef_ptr, factor_ptr, B, center, weight, scale,
+                    NORM, CONSTRAINT, MAX, HAS_SCORES, ACC,
+                )  # fmt: skip
+                ties_i = m.to(tl.int32)
+            else:
+                h_i = tl.load(part_ptr + i, mask=m, other=-1.0 if MAX else 0.0, cache_modifier=".cg")
+                ties_i = tl.load(count_ptr + i, mask=m, other=0, cache_modifier=".cg") if MAX else m.to(tl.int32)
+                f2_i = tl.load(part_ptr + programs + i, mask=m, other=0.0, cache_modifier=".cg")
+            h_sum += h_i
+            h_top, h_ties = merge_top(h_top, h_ties, h_i, ties_i)
+            f2_sum += f2_i
+        _finish_penalty(
+            h_sum, h_top, h_ties, f2_sum, f_ptr, penalty_ptr, norms_ptr, coef_ptr, B, center, weight, eps,
+            CONSTRAINT, MAX, HAS_SCORES, FROWS,
+        )  # fmt: skip
 
 
 @triton.jit
@@ -460,7 +374,6 @@ def _penalty_fwd(
             TILES=plan.tiles,
             FROWS=plan.frows,
             FCHUNKS=plan.fchunks,
-            FINISH=C.FINISH_TILE,
             SPLIT=plan.n_chunks > 1,
             ARRIVE=grid > 1,
             ACC=C.tl_acc(acc),
