@@ -23,6 +23,7 @@ from torch import Tensor
 
 from fastgp import _layout as L
 from fastgp import reference as R
+from fastgp.ops import _autograd
 from fastgp.ops import _common as C
 from fastgp.ops._common import (
     arrive,
@@ -34,6 +35,7 @@ from fastgp.ops._common import (
     tile_partial,
     top_ties,
 )
+from fastgp.ops._launch import Launcher
 
 CONSTRAINT_IDS = {"ls": 0, "hinge": 1, "squared_hinge": 2}
 
@@ -304,6 +306,16 @@ def _penalty_bwd_kernel(
 # Host side: reshape to rows, allocate, launch.
 
 
+# Left out of the launch keys (see `Launcher`): buffers allocated here, and the float halves of
+# `split_float`, which Triton always types fp32.
+_FLOATS = ("center_hi", "center_lo", "weight_hi", "weight_lo", "eps_hi", "eps_lo")
+_FWD = Launcher(
+    _penalty_fwd_kernel,
+    fixed=("part_ptr", "count_ptr", "counter_ptr", "penalty_ptr", "norms_ptr", "coef_ptr", "factor_ptr", *_FLOATS),
+)
+_BWD = Launcher(_penalty_bwd_kernel, fixed=("dg_ptr", "norms_ptr", "coef_ptr", "factor_ptr", "df_ptr", *_FLOATS[4:]))
+
+
 def _penalty_fwd(
     grad: Tensor,
     scores: Optional[Tensor],  # noqa: UP045
@@ -316,20 +328,25 @@ def _penalty_fwd(
     grad_scale: Optional[Tensor],  # noqa: UP045
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     g = L.as_rows(grad)
-    B, d = g.shape[0], g[0].numel()
+    B = g.shape[0]
+    d = g.numel() // B
+    dev = g.device
     acc = C.acc_dtype(grad.dtype)
     plan = C.plan(B, d, g.element_size())
+    grid = plan.grid
     is_max = reduction == "max"
     # Workspace: a partial per chunk (split rows), else Σh or max h (with its ties) and Σf² per program.
-    part = torch.empty(plan.grid * (1 if plan.n_chunks > 1 else 2), dtype=acc, device=g.device)
+    part = torch.empty(grid * (1 if plan.n_chunks > 1 else 2), dtype=acc, device=dev)
     ties = norm == "linf" if plan.n_chunks > 1 else is_max
-    count = torch.empty(plan.grid if ties else 1, dtype=torch.int32, device=g.device)
-    penalty = torch.empty((), dtype=acc, device=g.device)
-    norms, coef, factor = (torch.empty(B, dtype=acc, device=g.device) for _ in range(3))
+    count = torch.empty(grid if ties else 1, dtype=torch.int32, device=dev)
+    penalty = torch.empty((), dtype=acc, device=dev)
+    norms = torch.empty(B, dtype=acc, device=dev)
+    coef, factor = torch.empty_like(norms), torch.empty_like(norms)
     has_scores = scores is not None
     f = scores.contiguous() if has_scores else penalty
-    with C.on_device(g), C.counter_if(plan.grid > 1, g.device, count) as counter:
-        _penalty_fwd_kernel[(plan.grid,)](
+    with C.counter_if(grid > 1, dev, count) as counter:
+        _FWD(
+            grid,
             g,
             part,
             count,
@@ -358,7 +375,7 @@ def _penalty_fwd(
             FROWS=plan.frows,
             FCHUNKS=plan.fchunks,
             SPLIT=plan.n_chunks > 1,
-            ARRIVE=plan.grid > 1,
+            ARRIVE=grid > 1,
             ACC=C.tl_acc(acc),
             num_warps=plan.warps,
         )
@@ -380,46 +397,75 @@ def _penalty_bwd(
     dgrad = torch.empty_like(grad)
     target = L.rows_target(dgrad)
     g = L.like(grad, target)
-    B, d = g.shape[0], g[0].numel()
+    B = g.shape[0]
+    d = g.numel() // B
     plan = C.plan(B, d, g.element_size())
+    grid = plan.grid
     has_scores = scores is not None
     f = scores.contiguous() if has_scores else norms
     dnorms = dnorms.contiguous() if dnorms is not None else None
     dscores = torch.empty_like(f) if has_scores else norms.new_empty(0)
-    with C.on_device(g):
-        _penalty_bwd_kernel[(plan.grid,)](
-            g,
-            target,
-            norms,
-            coef,
-            factor,
-            dp,
-            dnorms if dnorms is not None else norms,
-            f,
-            dscores,
-            grad_scale if grad_scale is not None else norms,
-            L.row_stride(g),
-            B,
-            d,
-            plan.n_chunks,
-            *C.split_float(output_weight),
-            NORM=C.NORM_IDS[norm],
-            HAS_DNORMS=dnorms is not None,
-            HAS_SCORES=has_scores,
-            HAS_SCALE=grad_scale is not None,
-            ROWS=plan.rows,
-            BLOCK=plan.block,
-            TILES=plan.tiles,
-            ACC=C.tl_acc(norms.dtype),
-            num_warps=plan.warps,
-        )
+    _BWD(
+        grid,
+        g,
+        target,
+        norms,
+        coef,
+        factor,
+        dp,
+        dnorms if dnorms is not None else norms,
+        f,
+        dscores,
+        grad_scale if grad_scale is not None else norms,
+        L.row_stride(g),
+        B,
+        d,
+        plan.n_chunks,
+        *C.split_float(output_weight),
+        NORM=C.NORM_IDS[norm],
+        HAS_DNORMS=dnorms is not None,
+        HAS_SCORES=has_scores,
+        HAS_SCALE=grad_scale is not None,
+        ROWS=plan.rows,
+        BLOCK=plan.block,
+        TILES=plan.tiles,
+        ACC=C.tl_acc(norms.dtype),
+        num_warps=plan.warps,
+    )
     if target is not dgrad:
         dgrad.copy_(target)
     return dgrad, dscores
 
 
 # ---------------------------------------------------------------------------------------------
-# torch.library registration: custom ops (opaque to torch.compile), fake (shapes), autograd.
+# Autograd: a plain autograd.Function for eager calls, the torch.library custom ops (with fake
+# shapes) under torch.compile; one context set-up and one backward for both (see `_autograd`).
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    grad, scores, *settings, grad_scale = inputs
+    _, norms, coef, factor = output
+    ctx.save_for_backward(grad, scores, norms, grad_scale)
+    ctx.coef, ctx.factor, ctx.settings = coef, factor, settings  # internal: never returned eagerly
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, dp, dnorms, *_):
+    grad, scores, norms, grad_scale = ctx.saved_tensors
+    norm, constraint, center, weight, reduction, output_weight = ctx.settings
+    if torch.is_grad_enabled():
+        # create_graph=True (a Hessian-vector product, a GN critic inside a penalty): the fused
+        # backward has no derivative of its own, so differentiate the reference's formula instead.
+        def formula(g: Tensor, f: Tensor | None) -> tuple[Tensor, Tensor]:
+            kw = dict(norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction)
+            return R.penalty_from_grad(g, scores=f, output_weight=output_weight, grad_scale=grad_scale, **kw)
+
+        dgrad, dscores = R.vjp(formula, (grad, scores), (dp, dnorms))
+        return dgrad, dscores, *([None] * 7)
+    if dp is None:
+        dp = torch.zeros((), dtype=norms.dtype, device=norms.device)
+    dgrad, dscores = ctx.bwd(dp, dnorms, grad, scores, norms, ctx.coef, ctx.factor, norm, output_weight, grad_scale)
+    return dgrad, (dscores if scores is not None else None), *([None] * 7)
 
 
 @torch.library.custom_op("fastgp::penalty_fwd", mutates_args=())
@@ -468,36 +514,17 @@ def _(dp, dnorms, grad, scores, norms, coef, factor, norm, output_weight, grad_s
     return torch.empty_like(grad), (torch.empty_like(scores) if scores is not None else norms.new_empty(0))
 
 
-def _setup_context(ctx, inputs, output):
-    grad, scores, norm, constraint, center, weight, reduction, output_weight, grad_scale = inputs
-    _, norms, coef, factor = output
-    ctx.save_for_backward(grad, scores, norms, coef, factor, grad_scale)
-    ctx.norm, ctx.output_weight = norm, output_weight
-    ctx.settings = dict(
-        norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction, output_weight=output_weight
-    )
-    ctx.mark_non_differentiable(coef, factor)
-    ctx.set_materialize_grads(False)
-
-
-def _backward(ctx, dp, dnorms, _dcoef, _dfactor):
-    grad, scores, norms, coef, factor, grad_scale = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        # create_graph=True (a Hessian-vector product, a GN critic inside a penalty): the fused
-        # backward has no derivative of its own, so differentiate the reference's formula instead.
-        dgrad, dscores = R.vjp(
-            lambda g, f: R.penalty_from_grad(g, scores=f, grad_scale=grad_scale, **ctx.settings),
-            (grad, scores),
-            (dp, dnorms),
-        )
-        return dgrad, dscores, None, None, None, None, None, None, None
-    if dp is None:
-        dp = torch.zeros((), dtype=norms.dtype, device=norms.device)
-    dgrad, dscores = penalty_bwd(dp, dnorms, grad, scores, norms, coef, factor, ctx.norm, ctx.output_weight, grad_scale)
-    return dgrad, (dscores if scores is not None else None), None, None, None, None, None, None, None
-
-
-penalty_fwd.register_autograd(_backward, setup_context=_setup_context)
+_PENALTY = _autograd.Fused(
+    "_Penalty",
+    _penalty_fwd,
+    _penalty_bwd,
+    penalty_fwd,
+    penalty_bwd,
+    _setup_context,
+    _backward,
+    outputs=2,
+    differentiable=(0, 1),
+)
 
 
 def penalty_from_grad(
@@ -525,7 +552,7 @@ def penalty_from_grad(
     f = None
     if output_weight != 0.0 and scores is not None:
         f = R.score_sums(scores, grad.dtype)
-    penalty, norms, _, _ = penalty_fwd(
+    penalty, norms = _PENALTY(
         grad, f, norm, constraint, float(center), float(weight), reduction, float(output_weight), grad_scale
     )
     return penalty, norms
