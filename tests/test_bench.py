@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import fastgp
 from fastgp import bench
 from fastgp.cli import main
 
@@ -22,8 +23,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
     out = tmp_path_factory.mktemp("bench")
     # A narrow slice of --quick keeps this test at a few seconds; the full --quick set is the CLI's job.
-    rc = main(["bench", "--quick", "--out", str(out), "--cases", "penalty/l2/fp32/256x2,interpolate,wgan_step",
-               "--rep-ms", "20"])
+    rc = main(
+        [
+            "bench",
+            "--quick",
+            "--out",
+            str(out),
+            "--cases",
+            "penalty/l2/fp32/256x2,interpolate,wgan_step",
+            "--rep-ms",
+            "20",
+        ]
+    )
     return rc, out
 
 
@@ -63,9 +74,14 @@ def test_table_has_columns(quick_run: tuple[int, Path]) -> None:
         assert column in text
     assert "host ms" not in text  # a CUDA-only column
     assert "CPU run" in text and "fastgp-torch" in text
-    markdown = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_table.py"), str(json_path)],
-                              capture_output=True, text=True, check=True, cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    markdown = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "readme_table.py"), str(json_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ).stdout
     header = "| " + " | ".join(bench.table_columns(results)) + " |"
     assert header in markdown and "| penalty/l2/fp32/256x2 | eager |" in markdown
 
@@ -76,7 +92,7 @@ def test_wrong_provider_is_reported_not_timed(monkeypatch: pytest.MonkeyPatch) -
     def wrong_head(grad, **kw):  # a "fast" kernel that forgets the weight
         return bench.eager_penalty(grad, kw["norm"], kw["constraint"], kw["center"], 1.0)
 
-    monkeypatch.setattr(bench.fastgp, "penalty_from_grad", lambda g, backend, **kw: wrong_head(g, **kw))
+    monkeypatch.setattr(fastgp, "penalty_from_grad", lambda g, backend, **kw: wrong_head(g, **kw))
     row = bench.run_provider(case, "fastgp-torch", "cpu", rep_ms=1)
     assert row.status == "wrong" and "relative error" in row.reason and row.time_ms is None
 
@@ -93,9 +109,13 @@ def test_case_selection() -> None:
 
 def test_benchmarks_collect() -> None:
     pytest.importorskip("pytest_benchmark")  # the benchmarks' conftest hooks into it
-    proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "--collect-only", "-q", "-p",
-                           "no:cacheprovider"], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "FASTGP_BENCH_DEVICE": "cpu"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "FASTGP_BENCH_DEVICE": "cpu"},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for op in bench.OPS:
         assert f"test_bench_{op}.py::test_{op}[" in proc.stdout
@@ -114,12 +134,13 @@ TINY = [
 def test_fused_providers_pass_their_check(case: bench.Case, monkeypatch: pytest.MonkeyPatch) -> None:
     """The benchmark's wiring of every fused backend that runs here (on a CPU, Triton through its interpreter)
     agrees with eager, so a GPU run times the right function."""
-    monkeypatch.setattr(bench, "backend_skip_reason", lambda name, device: None)  # timings are not taken here
+    # Timings are not taken here, so the interpreter may stand in for the GPU.
+    monkeypatch.setattr("fastgp.bench.providers.backend_skip_reason", lambda name, device: None)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = []
     for name in bench.backend_names():
         try:
-            bench.backends.select(name, device)
+            fastgp.backend_for(device, name)
         except Exception:
             continue
         names.append(name)
