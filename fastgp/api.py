@@ -54,7 +54,7 @@ def _differentiate(
     if not x.requires_grad:
         x = x.detach().requires_grad_(True)
     out = validation.d_output(D(x, *args, **kwargs), x.shape[0])
-    scores = out.reshape(out.shape[0], -1).sum(dim=1)
+    scores = out if out.dim() == 1 else out.reshape(out.shape[0], -1).sum(dim=1)
     total = scores.sum()
     if scaler is not None:
         # PyTorch's AMP gradient-penalty recipe: differentiate the scaled scores so small fp16
@@ -78,6 +78,7 @@ def _settings(preset: object, **given: Any) -> dict[str, Any]:
     return {k: (base.get(k, v.value) if isinstance(v, _Default) else v) for k, v in given.items()}
 
 
+@validation.memoized
 def _penalty_settings(
     norm: object, constraint: object, center: object, weight: object, reduction: object, output_weight: object
 ) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -19,9 +19,8 @@ class Preset:
     source: str
 
     def as_kwargs(self) -> dict[str, Any]:
-        kwargs = asdict(self)
-        del kwargs["source"]
-        return kwargs
+        # Not dataclasses.asdict: it deep-copies, and this runs on every call that names a preset.
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "source"}
 
 
 presets: MappingProxyType[str, Preset] = MappingProxyType(
