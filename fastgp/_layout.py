@@ -17,6 +17,8 @@ from torch import Tensor
 
 def is_rows(t: Tensor) -> bool:
     """True when `t` is dense with its batch dimension outermost (see above)."""
+    if t.is_contiguous():  # the common case, without walking the strides in Python
+        return True
     dims = sorted((s, n) for s, n in zip(t.stride()[1:], t.shape[1:], strict=True) if n > 1)
     expected = 1
     for stride, size in dims:
@@ -37,7 +39,9 @@ def row_stride(t: Tensor) -> int:
 
 
 def same_layout(a: Tensor, b: Tensor) -> bool:
-    """Equal strides on every dimension that has more than one entry."""
+    """Equal strides on every dimension that has more than one entry (`a` and `b` of one shape)."""
+    if a.is_contiguous() and b.is_contiguous():
+        return True
     return all(sa == sb for sa, sb, n in zip(a.stride(), b.stride(), a.shape, strict=True) if n > 1)
 
 

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from fastgp import _layout as L
 from fastgp import reference as R
+from fastgp.ops import _autograd
 from fastgp.ops import _common as C
 from fastgp.ops._common import norm_direction, row_chunk_arrive, row_norms
 
@@ -185,7 +186,31 @@ def _normalize_bwd(
 
 
 # ---------------------------------------------------------------------------------------------
-# torch.library registration.
+# Autograd: a plain autograd.Function for eager calls, the torch.library custom ops (with fake
+# shapes) under torch.compile; one context set-up and one backward for both (see `_autograd`).
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    scores, grad, mode, norm = inputs
+    _, norms, factor = output
+    ctx.save_for_backward(scores, grad, norms, factor)
+    ctx.mode, ctx.norm = mode, norm
+    ctx.mark_non_differentiable(norms, factor)
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, dout, _dnorms, _dfactor):
+    scores, grad, norms, factor = ctx.saved_tensors
+    if dout is None:
+        return None, None, None, None
+    if torch.is_grad_enabled():
+        # create_graph=True: differentiate the reference's formula (see penalty.py's backward).
+        dscores, dgrad = R.vjp(
+            lambda f, g: (R.normalize(f, g, ctx.mode, ctx.norm),), (scores, grad), (dout,)
+        )
+        return dscores, dgrad, None, None
+    dscores, dgrad = ctx.bwd(dout, scores, grad, norms, factor, ctx.mode, ctx.norm)
+    return dscores, dgrad, None, None
 
 
 @torch.library.custom_op("fastgp::normalize_fwd", mutates_args=())
@@ -214,30 +239,8 @@ def _(dout, scores, grad, norms, factor, mode, norm):
     return scores.new_empty(scores.shape), torch.empty_like(grad)
 
 
-def _setup_context(ctx, inputs, output):
-    scores, grad, mode, norm = inputs
-    _, norms, factor = output
-    ctx.save_for_backward(scores, grad, norms, factor)
-    ctx.mode, ctx.norm = mode, norm
-    ctx.mark_non_differentiable(norms, factor)
-    ctx.set_materialize_grads(False)
-
-
-def _backward(ctx, dout, _dnorms, _dfactor):
-    scores, grad, norms, factor = ctx.saved_tensors
-    if dout is None:
-        return None, None, None, None
-    if torch.is_grad_enabled():
-        # create_graph=True: differentiate the reference's formula (see penalty.py's backward).
-        dscores, dgrad = R.vjp(
-            lambda f, g: (R.normalize(f, g, ctx.mode, ctx.norm),), (scores, grad), (dout,)
-        )
-        return dscores, dgrad, None, None
-    dscores, dgrad = normalize_bwd(dout, scores, grad, norms, factor, ctx.mode, ctx.norm)
-    return dscores, dgrad, None, None
-
-
-normalize_fwd.register_autograd(_backward, setup_context=_setup_context)
+_Normalize = _autograd.function("_Normalize", _normalize_fwd, _normalize_bwd, _setup_context, _backward)
+_autograd.register(normalize_fwd, normalize_bwd, _setup_context, _backward)
 
 
 def normalize(scores: Tensor, grad: Tensor, mode: str = "gn", norm: str = "l2") -> Tensor:
@@ -247,4 +250,5 @@ def normalize(scores: Tensor, grad: Tensor, mode: str = "gn", norm: str = "l2") 
     denominator is 0, NaN stays NaN, shape and dtype of `scores`. Differentiable in `scores` and
     `grad`. One Triton launch forward, one backward.
     """
-    return normalize_fwd(scores, grad, mode, norm)[0]
+    fwd = normalize_fwd if torch.compiler.is_compiling() else _Normalize.apply
+    return fwd(scores, grad, mode, norm)[0]

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from fastgp import _layout as L
 from fastgp import reference as R
+from fastgp.ops import _autograd
 from fastgp.ops import _common as C
 from fastgp.ops._common import nan_max, norm_direction, row_chunk_arrive, row_norms
 
@@ -221,7 +222,34 @@ def _penalty_bwd(
 
 
 # ---------------------------------------------------------------------------------------------
-# torch.library registration: custom ops (opaque to torch.compile), fake (shapes), autograd.
+# Autograd: a plain autograd.Function for eager calls, the torch.library custom ops (with fake
+# shapes) under torch.compile; one context set-up and one backward for both (see `_autograd`).
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    grad, scores, norm, constraint, center, weight, reduction, output_weight = inputs
+    _, norms, coef, factor = output
+    ctx.save_for_backward(grad, scores, norms, coef, factor)
+    ctx.norm, ctx.output_weight = norm, output_weight
+    ctx.settings = dict(norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction,
+                        output_weight=output_weight)
+    ctx.mark_non_differentiable(coef, factor)
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, dp, dnorms, _dcoef, _dfactor):
+    grad, scores, norms, coef, factor = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # create_graph=True (a Hessian-vector product, a GN critic inside a penalty): the fused
+        # backward has no derivative of its own, so differentiate the reference's formula instead.
+        dgrad, dscores = R.vjp(
+            lambda g, f: R.penalty_from_grad(g, scores=f, **ctx.settings), (grad, scores), (dp, dnorms)
+        )
+        return dgrad, dscores, None, None, None, None, None, None
+    if dp is None:
+        dp = torch.zeros((), dtype=norms.dtype, device=norms.device)
+    dgrad, dscores = ctx.bwd(dp, dnorms, grad, scores, norms, coef, factor, ctx.norm, ctx.output_weight)
+    return dgrad, (dscores if scores is not None else None), None, None, None, None, None, None
 
 
 @torch.library.custom_op("fastgp::penalty_fwd", mutates_args=())
@@ -254,33 +282,8 @@ def _(dp, dnorms, grad, scores, norms, coef, factor, norm, output_weight):
     return torch.empty_like(grad), (torch.empty_like(scores) if scores is not None else norms.new_empty(0))
 
 
-def _setup_context(ctx, inputs, output):
-    grad, scores, norm, constraint, center, weight, reduction, output_weight = inputs
-    _, norms, coef, factor = output
-    ctx.save_for_backward(grad, scores, norms, coef, factor)
-    ctx.norm, ctx.output_weight = norm, output_weight
-    ctx.settings = dict(norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction,
-                        output_weight=output_weight)
-    ctx.mark_non_differentiable(coef, factor)
-    ctx.set_materialize_grads(False)
-
-
-def _backward(ctx, dp, dnorms, _dcoef, _dfactor):
-    grad, scores, norms, coef, factor = ctx.saved_tensors
-    if torch.is_grad_enabled():
-        # create_graph=True (a Hessian-vector product, a GN critic inside a penalty): the fused
-        # backward has no derivative of its own, so differentiate the reference's formula instead.
-        dgrad, dscores = R.vjp(
-            lambda g, f: R.penalty_from_grad(g, scores=f, **ctx.settings), (grad, scores), (dp, dnorms)
-        )
-        return dgrad, dscores, None, None, None, None, None, None
-    if dp is None:
-        dp = torch.zeros((), dtype=norms.dtype, device=norms.device)
-    dgrad, dscores = penalty_bwd(dp, dnorms, grad, scores, norms, coef, factor, ctx.norm, ctx.output_weight)
-    return dgrad, (dscores if scores is not None else None), None, None, None, None, None, None
-
-
-penalty_fwd.register_autograd(_backward, setup_context=_setup_context)
+_Penalty = _autograd.function("_Penalty", _penalty_fwd, _penalty_bwd, _setup_context, _backward)
+_autograd.register(penalty_fwd, penalty_bwd, _setup_context, _backward)
 
 
 def penalty_from_grad(
@@ -306,7 +309,6 @@ def penalty_from_grad(
     if output_weight != 0.0 and scores is not None:
         f = scores.reshape(scores.shape[0], -1)
         f = f[:, 0] if f.shape[1] == 1 else f.to(C.acc_dtype(grad.dtype)).sum(dim=1)
-    penalty, norms, _, _ = penalty_fwd(
-        grad, f, norm, constraint, float(center), float(weight), reduction, float(output_weight)
-    )
+    fwd = penalty_fwd if torch.compiler.is_compiling() else _Penalty.apply
+    penalty, norms, _, _ = fwd(grad, f, norm, constraint, float(center), float(weight), reduction, float(output_weight))
     return penalty, norms

@@ -1,0 +1,146 @@
+"""Launching a Triton kernel with little host work: its compiled kernel, cached per specialisation.
+
+``kernel[grid](*args, **meta)`` costs the host 7-10 µs in Triton's generic path (binding every
+argument, building and hashing its cache key, checking globals, launch metadata), as much as the
+whole eager op it replaces on a small input. A `Launcher` keys its own cache on everything Triton
+specialises a kernel on, computed directly: the device; each tensor's dtype and its address modulo
+16; each integer's value, or its type (i32, i64, u64) for a ``do_not_specialize`` parameter; the
+types of floats and bools; the constexprs and options. The first
+call with a new key goes through Triton's own path (which compiles if needed) and keeps the
+`CompiledKernel` it returns; later calls hand that kernel straight to its launcher, as Triton's
+path would. Runtime arguments are passed positionally, constexprs and options by keyword.
+
+Triton's generic path is used instead where that cannot be done the same way: interpreted kernels
+(``TRITON_INTERPRET=1``), Triton releases before 3.3 (a different launcher calling convention),
+and launches while a profiler has registered launch hooks or pre-run hooks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import triton
+from torch import Tensor
+from triton.runtime import driver
+from triton.runtime.jit import JITFunction
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, minor = (int("".join(c for c in part if c.isdigit()) or 0) for part in text.split(".")[:2])
+    return major, minor
+
+
+# From 3.3 on, Triton passes every parameter, constexprs included, to the launcher, and keeps the
+# launch hooks in `triton.knobs` (before: the non-constexpr arguments only, hooks on CompiledKernel).
+CACHED = _version(triton.__version__) >= (3, 3) and hasattr(triton, "knobs")
+
+
+def _int_type(x: int) -> int:
+    """Triton's type for an integer argument: 0 (i32), 1 (i64) or 2 (u64)."""
+    return 0 if -(2**31) <= x < 2**31 else 1 if x < 2**63 else 2
+
+
+# Entries kept per kernel: one per shape in practice; a process that sees many shapes starts over.
+_MAX_ENTRIES = 4096
+
+
+def _hooked(kernel: JITFunction) -> bool:
+    """True when someone listens to launches (a profiler): only Triton's own path tells them."""
+    rt = triton.knobs.runtime
+    for hook in (rt.launch_enter_hook, rt.launch_exit_hook):
+        if hook is not None and getattr(hook, "calls", True):
+            return True
+    return bool(kernel.pre_run_hooks)
+
+
+class Launcher:
+    """Launches one Triton kernel on a 1-D grid: ``launcher(grid, *args, **meta)``.
+
+    Runs on the device of the first argument (a tensor), switching the current CUDA device only
+    when it differs, and on that device's current stream.
+    """
+
+    def __init__(self, kernel: Any) -> None:
+        self.kernel = kernel
+        self.cached = CACHED and isinstance(kernel, JITFunction)
+        self._cache: dict[tuple, tuple[Any, tuple]] = {}
+        if self.cached:
+            runtime = [p for p in kernel.params if not p.is_constexpr]
+            # Positional runtime arguments then keyword constexprs map onto the parameters only
+            # when every constexpr comes after the runtime parameters.
+            if any(p.is_constexpr for p in kernel.params[: len(runtime)]):
+                raise TypeError(f"{kernel.__name__}: constexpr parameters must come last")
+            self._specialize = tuple(not p.do_not_specialize for p in runtime)
+            self._constexprs = tuple(p for p in kernel.params if p.is_constexpr)
+
+    def __call__(self, grid: int, *args: Any, **meta: Any) -> None:
+        device = args[0].get_device()
+        if device >= 0 and device != torch.cuda.current_device():
+            with torch.cuda.device(device):
+                self._launch(device, grid, args, meta)
+        else:
+            self._launch(device, grid, args, meta)
+
+    def _launch(self, device: int, grid: int, args: tuple, meta: dict[str, Any]) -> None:
+        if not self.cached or _hooked(self.kernel):
+            self.kernel[(grid,)](*args, **meta)
+            return
+        active = driver.active
+        if device < 0:  # CPU tensors: host-only launches (fastgp._hosttime)
+            device = active.get_current_device()
+        key = self.key(device, args, meta)
+        entry = self._cache.get(key)
+        if entry is None:
+            self._compile(key, grid, args, meta)
+            return
+        compiled, constexprs = entry
+        compiled.run(
+            grid,
+            1,
+            1,
+            active.get_current_stream(device),
+            compiled.function,
+            compiled.packed_metadata,
+            None,
+            None,
+            None,
+            *args,
+            *constexprs,
+        )
+
+    def key(self, device: int, args: tuple, meta: dict[str, Any]) -> tuple:
+        """A key at least as fine as Triton's specialisation of this launch (see the module docstring).
+
+        Specialised integers enter with their value (one entry per shape, cheaper to build than
+        Triton's classes), the others with their type only.
+        """
+        key: list = [device]
+        for a, specialize in zip(args, self._specialize, strict=True):
+            kind = a.__class__
+            if kind is int:
+                key.append(a if specialize else _int_type(a))
+            elif kind is float or kind is bool:  # typed, never specialised on their value
+                key.append(kind)
+            elif isinstance(a, Tensor):
+                key.append(a.dtype)
+                key.append(a.data_ptr() % 16)
+            else:
+                key.append(a)
+        key.extend(meta.items())
+        return tuple(key)
+
+    def _compile(self, key: tuple, grid: int, args: tuple, meta: dict[str, Any]) -> None:
+        """Triton's own launch, which compiles on first use; keep the kernel it ran."""
+        compiled = self.kernel.run(*args, grid=(grid,), warmup=False, **meta)
+        if compiled is not None and not hasattr(compiled, "result"):  # not a pending async compile
+            if len(self._cache) >= _MAX_ENTRIES:
+                self._cache.clear()
+            constexprs = tuple(meta.get(p.name, p.default) for p in self._constexprs)
+            self._cache[key] = (compiled, constexprs)
+
+    def compiled(self, *args: Any, **meta: Any) -> Any:
+        """The `CompiledKernel` this launcher uses for these arguments (None before their first launch)."""
+        device = args[0].get_device()
+        entry = self._cache.get(self.key(device if device >= 0 else driver.active.get_current_device(), args, meta))
+        return None if entry is None else entry[0]
