@@ -1,8 +1,10 @@
 """Smoke tests of the benchmarks: `fastgp bench --quick` writes its JSON and PNG, the table has its columns,
-the README table generator reads the JSON, and the pytest-benchmark files collect (they are not run here)."""
+the README table generator reads the JSON, the pytest-benchmark files collect (they are not run here), and
+`fastgp bench --host --quick` reports every host goal."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +16,7 @@ import torch
 
 import fastgp
 from fastgp import bench
+from fastgp.bench import host
 from fastgp.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +75,7 @@ def test_table_has_columns(quick_run: tuple[int, Path]) -> None:
     text = bench.format_table(results)
     for column in ("median ms", "× eager", "× compile", "saved", "GB/s", "% roofline", "launches"):
         assert column in text
-    assert "host ms" not in text  # a CUDA-only column
+    assert "host µs" not in text and "wall ms" not in text  # CUDA-only columns
     assert "CPU run" in text and "fastgp-torch" in text
     markdown = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "readme_table.py"), str(json_path)],
@@ -149,3 +152,46 @@ def test_fused_providers_pass_their_check(case: bench.Case, monkeypatch: pytest.
     for provider in providers:
         row, prepared = bench.check_provider(case, provider, device)
         assert row.status == "ok" and prepared is not None, (provider, row.reason)
+
+
+def test_launches_count_fastgp_kernels_only() -> None:
+    triton_kernel = "_penalty_fwd_kernel"
+    cuda_kernel = "void fastgp::penalty_fwd_kernel<float, (fastgp::Norm)0>(fastgp::PenaltyFwdParams)"
+    seed = "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>(int)"
+    assert bench.is_fastgp_kernel(cuda_kernel) and not bench.is_fastgp_kernel(seed)
+    assert not bench.is_fastgp_kernel("Memset (Device)") and not bench.is_kernel("Memset (Device)")
+    if importlib.util.find_spec("triton") is not None:
+        assert bench.is_fastgp_kernel(triton_kernel)
+    assert bench.is_kernel(seed) and not bench.is_fastgp_kernel("triton_poi_fused_add_0")
+
+
+def test_host_mode_reports_every_goal(tmp_path: Path) -> None:
+    """In a process of its own: host-only Triton launches must be set up before fastgp.ops is imported."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastgp", "bench", "--host", "--quick", "--device", "cpu", "--rep-ms", "2",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=1200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (json_path,) = tmp_path.glob("*-host-quick.json")
+    results = json.loads(json_path.read_text())
+    assert results["mode"] == "host"
+    goals = {g.name for g in host.GOALS}
+    assert {r["goal"] for r in results["rows"]} == goals
+    for r in results["rows"]:
+        assert r["status"] in ("ok", "skipped"), r
+        if r["status"] == "ok":
+            assert r["host_us"] > 0 and r["reps"] >= 5
+    judged = [r for r in results["rows"] if r["want"]]
+    assert {r["goal"] for r in judged if r["provider"] == "fastgp-torch"} == {
+        "D step, MLP critic",
+        "D step, conv critic",
+    }
+    assert all(isinstance(r["met"], bool) and r["ratio_vs_eager"] > 0 for r in judged if r["provider"] != "critic")
+    triton = [r for r in results["rows"] if r["provider"] == "fastgp-triton"]
+    if results["settings"]["host_only_launches"]:
+        assert all(r["status"] == "ok" and "host-only" in r["reason"] for r in triton)
+    table = proc.stdout
+    assert "host µs" in table and "beyond critic µs" in table and "D step, conv critic" in table

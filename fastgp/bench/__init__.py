@@ -4,12 +4,14 @@ Each module reads on its own, in this order: `cases` (what is timed, on which sh
 `baselines` (eager PyTorch written as a careful user would, built on `fastgp.reference`, the oracle of the
 tests), `providers` (eager, `torch.compile` of the eager head, and `fastgp-<backend>` for every name in
 `fastgp.backends.NAMES`, so new backends appear without edits), `measure` (timers, copy bandwidth, launch
-counts), `runner` (checks every provider against eager once before timing it) and `report` (table, JSON, PNG).
+counts), `runner` (checks every provider against eager once before timing it), `host` (host CPU time per
+call against the host-overhead goals, `fastgp bench --host`) and `report` (table, JSON, PNG).
 
 Honesty rules kept here, once: every provider of a case gets the same inputs; a provider whose output does
 not match eager is reported as ``wrong`` and never timed; a provider that cannot run says why (``skipped``);
 GPU times come from CUDA events (`triton.testing.do_bench`: warm-up, L2 flushed before each repetition,
-median of many), CPU times from `time.perf_counter` after a warm-up, median of many.
+median of many), CPU times from `time.perf_counter` after a warm-up, median of many; host times are the
+process's CPU time per call, never waiting for the device inside the timing.
 """
 
 from fastgp.bench.baselines import (
@@ -32,7 +34,16 @@ from fastgp.bench.cases import (
     op_cases,
     select_cases,
 )
-from fastgp.bench.measure import Timing, copy_bandwidth, count_launches, measure, synchronize
+from fastgp.bench.measure import (
+    Timing,
+    copy_bandwidth,
+    count_launches,
+    is_fastgp_kernel,
+    is_kernel,
+    measure,
+    measure_host,
+    synchronize,
+)
 from fastgp.bench.providers import (
     Prepared,
     Skip,
@@ -79,9 +90,12 @@ __all__ = [
     "environment",
     "format_markdown",
     "format_table",
+    "is_fastgp_kernel",
     "is_fused",
+    "is_kernel",
     "make_critic",
     "measure",
+    "measure_host",
     "merge",
     "op_cases",
     "output_stem",

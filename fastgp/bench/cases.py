@@ -57,7 +57,7 @@ class Case:
             what = self.norm
         elif self.op == "normalize":
             what = f"{self.variant}-{self.norm}"
-        elif self.op in ("wgan_step", "r1"):
+        elif self.op in ("wgan_step", "r1", "gradient_penalty"):
             what = f"{self.variant}{self.width}"
         else:
             return f"{self.op}/{self.dtype}/{dims}"

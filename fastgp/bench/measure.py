@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import gc
+import random
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -114,8 +118,12 @@ def copy_bandwidth(device: torch.device | str, *, rep_ms: float = 200.0) -> dict
     return {"what": what, "bytes_per_s": nbytes / (timing.median_ms / 1e3), "median_ms": timing.median_ms}
 
 
-def count_launches(fn: Callable[[], Any], device: torch.device | str) -> tuple[int, list[str]] | None:
-    """GPU work items (kernels, memcpy, memset) one call of `fn` puts on the device, from torch.profiler.
+def count_launches(
+    fn: Callable[[], Any], device: torch.device | str, *, fastgp_only: bool = False
+) -> tuple[int, list[str]] | None:
+    """Kernel launches of one call of `fn`, and the names of all the device work it queued (kernels, memcpy,
+    memset), from torch.profiler. With `fastgp_only`, only fastgp's own kernels count (not autograd's
+    ``ones_like`` seed of a backward, nor a memset), so that "2 launches" is a statement about fastgp.
 
     None on the CPU, where there are no launches to count.
     """
@@ -130,7 +138,31 @@ def count_launches(fn: Callable[[], Any], device: torch.device | str) -> tuple[i
         fn()
         torch.cuda.synchronize()
     names = [e.name for e in prof.events() if e.device_type == DeviceType.CUDA]
-    return len(names), names
+    counted = [n for n in names if is_fastgp_kernel(n)] if fastgp_only else [n for n in names if is_kernel(n)]
+    return len(counted), names
+
+
+def is_kernel(name: str) -> bool:
+    """Whether a profiler's device event is a kernel launch (not a memcpy or memset)."""
+    return not name.lower().startswith(("memcpy", "memset"))
+
+
+def is_fastgp_kernel(name: str) -> bool:
+    """Whether a kernel is fastgp's: in the CUDA extension's ``fastgp::`` namespace, or one of the Triton
+    kernels of `fastgp.ops` (named after their Python function)."""
+    return "fastgp::" in name or name in _triton_kernel_names()
+
+
+@functools.cache
+def _triton_kernel_names() -> frozenset[str]:
+    try:
+        from triton.runtime.jit import KernelInterface  # a JIT function, or an interpreted one
+
+        import fastgp.ops  # noqa: F401  (imports every op module)
+    except ImportError:
+        return frozenset()
+    modules = [m for name, m in sys.modules.items() if name.startswith("fastgp.ops.")]
+    return frozenset(obj.fn.__name__ for m in modules for obj in vars(m).values() if isinstance(obj, KernelInterface))
 
 
 def measure_cpu_interleaved(
@@ -150,3 +182,51 @@ def measure_cpu_interleaved(
             times[name].append((time.perf_counter() - t0) * 1e3)
         rounds += 1
     return {name: _summary(t, "cpu perf_counter, interleaved rounds, median") for name, t in times.items()}
+
+
+def measure_host(
+    fns: dict[str, Callable[[], Any]], device: torch.device, *, warmup_ms: float = 50.0, rep_ms: float = 200.0
+) -> dict[str, Timing]:
+    """Median host CPU time per call of each of `fns`, in interleaved rounds of one call each.
+
+    The order is shuffled every round and the garbage collector paused, so that neither a position in
+    the round nor a collection lands on one provider; the cost of reading the clock is subtracted. On
+    CUDA the device is synchronised between rounds, outside the timing, so no call waits for a full queue.
+    """
+    for fn in fns.values():
+        stop = time.perf_counter() + warmup_ms / 1e3 / len(fns)
+        fn()
+        while time.perf_counter() < stop:
+            fn()
+    synchronize(device)
+    clock = _clock_cost_ns()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns.items())
+    shuffle = random.Random(0).shuffle
+    stop = time.perf_counter() + rep_ms * len(fns) / 1e3
+    gc.collect()
+    gc.disable()
+    try:
+        while len(times[order[0][0]]) < 5 or (time.perf_counter() < stop and len(times[order[0][0]]) < 20_000):
+            shuffle(order)
+            for name, fn in order:
+                t0 = time.process_time_ns()
+                fn()
+                times[name].append(max(time.process_time_ns() - t0 - clock, 0) / 1e6)
+            synchronize(device)
+    finally:
+        gc.enable()
+    timer = "host CPU time per call (process_time, interleaved shuffled rounds), median"
+    out = {}
+    for name, t in times.items():
+        qs = statistics.quantiles(t, n=10, method="inclusive")
+        out[name] = Timing(statistics.median(t), qs[1], qs[7], len(t), timer)
+    return out
+
+
+def _clock_cost_ns(reps: int = 2000) -> float:
+    samples = []
+    for _ in range(reps):
+        t0 = time.process_time_ns()
+        samples.append(time.process_time_ns() - t0)
+    return statistics.median(samples)

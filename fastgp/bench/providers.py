@@ -53,11 +53,15 @@ def provider_names(op: str) -> list[str]:
         return ["eager", *fused]
     if op == "r1":
         return ["eager", "eager-shared", *fused, *(f"{p}-shared" for p in fused)]
+    if op == "head":
+        return ["eager", *fused]
+    if op == "gradient_penalty":
+        return ["critic", "eager", *fused]
     raise ValueError(f"unknown op {op!r}")
 
 
 def backend_of(provider: str) -> str | None:
-    """``fastgp-triton-shared`` -> ``triton``; None for the eager/compile baselines."""
+    """``fastgp-triton-shared`` -> ``triton``; None for the baselines (eager, compile, critic)."""
     if not provider.startswith("fastgp-"):
         return None
     return provider.removeprefix("fastgp-").removesuffix("-shared")
@@ -251,6 +255,17 @@ def _compare_step(loss: Tensor, D: nn.Module, want_loss: Tensor, want_D: nn.Modu
     return _compare([loss, *_grads(D)], [want_loss, *_grads(want_D)], dtype, names)
 
 
+@_no_tf32()
+def _check_wgan_gp(case: Case, base: nn.Module, real: Tensor, fake: Tensor, backend: str) -> str | None:
+    """`fastgp.gradient_penalty` on a copy of `base` against `eager_wgan_gp` with the same α: P and ∂P/∂θ."""
+    mine, want = copy.deepcopy(base), copy.deepcopy(base)
+    penalty, details = fastgp.gradient_penalty(mine, real, fake, preset="wgan-gp", backend=backend, return_details=True)
+    penalty.backward()
+    expected = eager_wgan_gp(want, real, fake, details.alpha)
+    expected.backward()
+    return _compare_step(penalty, mine, expected, want, case.dtype)
+
+
 def _prepare_wgan_step(case: Case, provider: str, device: torch.device) -> Prepared:
     real, fake = _step_inputs(case, device)
     base = make_critic(case.variant, case.width).to(device=device, dtype=case.torch_dtype)
@@ -270,20 +285,7 @@ def _prepare_wgan_step(case: Case, provider: str, device: torch.device) -> Prepa
         opt.step()
         return loss
 
-    @_no_tf32()
-    def check() -> str | None:
-        if backend is None:
-            return None  # the eager step is the reference
-        mine, want = copy.deepcopy(base), copy.deepcopy(base)
-        penalty, details = fastgp.gradient_penalty(
-            mine, real, fake, preset="wgan-gp", backend=backend, return_details=True
-        )
-        penalty.backward()
-        expected = eager_wgan_gp(want, real, fake, details.alpha)
-        expected.backward()
-        return _compare_step(penalty, mine, expected, want, case.dtype)
-
-    return Prepared(run, check)
+    return Prepared(run, lambda: None if backend is None else _check_wgan_gp(case, base, real, fake, backend))
 
 
 def _prepare_r1(case: Case, provider: str, device: torch.device) -> Prepared:
@@ -334,12 +336,58 @@ def _prepare_r1(case: Case, provider: str, device: torch.device) -> Prepared:
     return Prepared(run, check)
 
 
+def _prepare_head(case: Case, provider: str, device: torch.device) -> Prepared:
+    """WGAN-GP's fused ops chained, forward and backward, with no critic between them: the penalty of
+    ``g = x̂`` (the input gradient of ``½‖x‖²``), differentiated into real and fake."""
+    real, fake = (t.requires_grad_(True) for t in _step_inputs(case, device))
+    backend = backend_of(provider)
+
+    def head(alpha: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        if backend is None or alpha is not None:
+            x_hat, alpha = eager_interpolate(real, fake, alpha)
+            penalty = eager_penalty(x_hat)
+        else:
+            x_hat, alpha = fastgp.interpolate(real, fake, backend=backend, return_alpha=True)
+            penalty = fastgp.penalty_from_grad(x_hat, backend=backend)
+        return (penalty, *torch.autograd.grad(penalty, (real, fake)), alpha)
+
+    def check() -> str | None:
+        *got, alpha = head()
+        *want, _ = head(alpha)
+        return _compare(got, want, case.dtype, ("P", "dP/dreal", "dP/dfake"))
+
+    return Prepared(head, check)
+
+
+def _prepare_gradient_penalty(case: Case, provider: str, device: torch.device) -> Prepared:
+    """``gradient_penalty(D, real, fake)`` and its backward; the ``critic`` provider is D's own part of it
+    (forward, input gradient with its graph, backward through that graph), for the overhead beyond D."""
+    real, fake = _step_inputs(case, device)
+    base = make_critic(case.variant, case.width).to(device=device, dtype=case.torch_dtype)
+    D = copy.deepcopy(base)
+    backend = backend_of(provider)
+
+    def run() -> None:
+        if provider == "critic":
+            x = real.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(D(x).sum(), x, create_graph=True)
+            grad.sum().backward()
+        elif backend is None:
+            eager_wgan_gp(D, real, fake).backward()
+        else:
+            fastgp.gradient_penalty(D, real, fake, preset="wgan-gp", backend=backend).backward()
+
+    return Prepared(run, lambda: None if backend is None else _check_wgan_gp(case, base, real, fake, backend))
+
+
 _PREPARE = {
     "penalty": _prepare_penalty,
     "interpolate": _prepare_interpolate,
     "normalize": _prepare_normalize,
     "wgan_step": _prepare_wgan_step,
     "r1": _prepare_r1,
+    "head": _prepare_head,
+    "gradient_penalty": _prepare_gradient_penalty,
 }
 
 
@@ -356,4 +404,9 @@ def prepare(case: Case, provider: str, device: torch.device | str, *, compile: s
         reason = compile_skip_reason(case, device, compile)
     if reason is not None:
         raise Skip(reason)
+    return build(case, provider, device)
+
+
+def build(case: Case, provider: str, device: torch.device) -> Prepared:
+    """`provider` on `case`'s inputs on `device`, without asking whether its timings would mean anything."""
     return _PREPARE[case.op](case, provider, device)

@@ -11,7 +11,8 @@ TABLE_COLUMNS = (
     "case",
     "provider",
     "median ms",
-    "host ms",
+    "host µs",
+    "wall ms",
     "× eager",
     "× compile",
     "saved",
@@ -20,6 +21,10 @@ TABLE_COLUMNS = (
     "launches",
     "targets / note",
 )
+
+
+_NUMERIC = {"median ms", "host µs", "wall ms", "× eager", "× compile", "saved", "GB/s", "% roofline", "launches",
+            "beyond critic µs"}  # fmt: skip
 
 
 def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
@@ -39,13 +44,18 @@ def _targets_text(row: dict[str, Any], evaluated: bool) -> str:
 
 
 def table_columns(results: dict[str, Any]) -> list[str]:
-    """`TABLE_COLUMNS`, less ``host ms`` on a CPU run (where it would repeat ``median ms``)."""
+    """`TABLE_COLUMNS` (`HOST_COLUMNS` for host-time results), less the host columns on a CPU run (where
+    they would repeat ``median ms``)."""
+    if results.get("mode") == "host":
+        return list(HOST_COLUMNS)
     cuda = results["environment"]["device"] == "cuda"
-    return [c for c in TABLE_COLUMNS if cuda or c != "host ms"]
+    return [c for c in TABLE_COLUMNS if cuda or c not in ("host µs", "wall ms")]
 
 
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
     """The table of `table_columns` as strings, one row per case × provider that ran (or ran wrong)."""
+    if results.get("mode") == "host":
+        return _host_rows(results)
     cuda = results["environment"]["device"] == "cuda"
     evaluated = results.get("targets_evaluated", False)
     out = []
@@ -53,11 +63,11 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
         if r["status"] == "skipped":
             continue
         if r["status"] != "ok":
-            out.append([r["case"], r["provider"], r["status"].upper(), "", "", "", "", "", "", "", r["reason"]])
+            out.append([r["case"], r["provider"], r["status"].upper(), "", "", "", "", "", "", "", "", r["reason"]])
             continue
         saved = r["saved_vs_eager"]
         out.append([
-            r["case"], r["provider"], _fmt(r["time_ms"], ".4g"), _fmt(r.get("host_ms"), ".4g"),
+            r["case"], r["provider"], _fmt(r["time_ms"], ".4g"), _fmt(r["host_us"], ".1f"), _fmt(r["wall_ms"], ".4g"),
             _fmt(r["speedup_vs_eager"], ".2f", "×"), _fmt(r["speedup_vs_compile"], ".2f", "×"),
             "—" if saved is None or r["provider"] == "eager" else f"{saved:+.0%}",
             _fmt(None if r["bytes_per_s"] is None else r["bytes_per_s"] / 1e9, ".1f"),
@@ -66,7 +76,26 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
             _targets_text(r, evaluated),
         ])  # fmt: skip
     if not cuda:
-        out = [r[:3] + r[4:] for r in out]
+        out = [r[:3] + r[5:] for r in out]
+    return out
+
+
+HOST_COLUMNS = ("goal", "case", "device", "provider", "host µs", "beyond critic µs", "× eager", "goal", "met / note")
+
+
+def _host_rows(results: dict[str, Any]) -> list[list[str]]:
+    out = []
+    for r in results["rows"]:
+        if r["status"] == "skipped":
+            continue
+        if r["status"] != "ok":
+            out.append([r["goal"], r["case"], r["device"], r["provider"], r["status"].upper(), "", "", "", r["reason"]])
+            continue
+        verdict = {True: "met", False: "MISSED", None: ""}[r["met"]]
+        out.append([
+            r["goal"], r["case"], r["device"], r["provider"], _fmt(r["host_us"], ".1f"), _fmt(r["overhead_us"], ".1f"),
+            _fmt(r["ratio_vs_eager"], ".2f", "×"), r["want"], "; ".join(filter(None, [verdict, r["reason"]])),
+        ])  # fmt: skip
     return out
 
 
@@ -81,12 +110,15 @@ def skipped_lines(results: dict[str, Any]) -> list[str]:
 
 
 def header_lines(results: dict[str, Any]) -> list[str]:
-    """What the numbers are: device, versions, date, the roofline used."""
-    env, roof = results["environment"], results["roofline"]
+    """What the numbers are: device, versions, date, the roofline used (the timer, for host-time results)."""
+    env = results["environment"]
     versions = f"torch {env['torch']}, triton {env['triton'] or '—'}, CUDA {env['cuda'] or '—'}"
     lines = [
         f"{env['device_name']} | {versions} | fastgp {env['fastgp']} ({env.get('git_commit') or '?'}) | {env['date']}"
     ]
+    if results.get("mode") == "host":
+        return [*lines, *_host_header(results)]
+    roof = results["roofline"]
     lines.append(f"roofline: {roof['what']}: {roof['bytes_per_s'] / 1e9:.1f} GB/s (read + write)")
     if env["device"] != "cuda":
         lines.append(
@@ -94,8 +126,29 @@ def header_lines(results: dict[str, Any]) -> list[str]:
             "'% roofline' is of the CPU copy bandwidth, and cases that fit in cache can exceed 100%."
         )
     if env["device"] == "cuda":
-        lines.append("median ms: CUDA events (do_bench, L2 flushed); host ms: wall clock per call with a synchronize.")
+        lines.append(
+            "median ms: CUDA events (do_bench, L2 flushed); host µs: CPU time per call, issued without waiting for "
+            "the device; wall ms: wall clock per call with a synchronize."
+        )
     lines.append("speed-ups are eager time / provider time (higher is better); saved = 1 - provider / eager.")
+    return lines
+
+
+def _host_header(results: dict[str, Any]) -> list[str]:
+    settings = results["settings"]
+    lines = [
+        f"host time: CPU time of the process per call (all threads), median of interleaved rounds; "
+        f"{settings['torch_threads']} torch thread(s); the D steps run on CPU tensors."
+    ]
+    if settings["host_only_launches"]:
+        lines.append(
+            "triton on CPU tensors: host-only launches for sm_90 (Triton's binder, specialisation and kernel cache; "
+            "no driver call, outputs not computed); eager runs its CPU kernels on tiny tensors."
+        )
+    lines.append(
+        "× eager = provider / eager (lower is better); gradient_penalty: of the overhead beyond the critic's own "
+        "forward and backward."
+    )
     return lines
 
 
@@ -126,7 +179,7 @@ def format_markdown(results: dict[str, Any], *, ops: Sequence[str] | None = None
         keep["rows"] = [r for r in results["rows"] if r["op"] in ops]
     rows, columns = table_rows(keep), table_columns(keep)
     head = "| " + " | ".join(columns) + " |"
-    rule = "|" + "|".join(" --- " if i < 2 or i == len(columns) - 1 else " ---: " for i in range(len(columns))) + "|"
+    rule = "|" + "|".join(" ---: " if c in _NUMERIC else " --- " for c in columns) + "|"
     body = ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     intro = [f"{line}  " for line in header_lines(results)]
     skipped = [f"- {line}" for line in skipped_lines(keep)]
@@ -150,7 +203,8 @@ def output_stem(results: dict[str, Any]) -> str:
     while "--" in slug:
         slug = slug.replace("--", "-")
     stamp = env["date"].replace("-", "").replace(":", "")[:15]  # to the second: split runs must not collide
-    return f"bench-{slug}-{stamp}" + ("-quick" if results["settings"].get("quick") else "")
+    mode = "-host" if results.get("mode") == "host" else ""
+    return f"bench-{slug}-{stamp}{mode}" + ("-quick" if results["settings"].get("quick") else "")
 
 
 def write_json(results: dict[str, Any], path: Path) -> Path:

@@ -29,6 +29,7 @@ from fastgp.bench.measure import (
     measure,
     measure_cpu,
     measure_cpu_interleaved,
+    measure_host,
     synchronize,
 )
 from fastgp.bench.providers import Prepared, Skip, is_fused, prepare, provider_names
@@ -50,7 +51,8 @@ class Row:
     time_p80_ms: float | None = None
     reps: int | None = None
     timer: str = ""
-    host_ms: float | None = None
+    host_us: float | None = None
+    wall_ms: float | None = None
     traffic_bytes: int | None = None
     bytes_per_s: float | None = None
     roofline_fraction: float | None = None
@@ -105,6 +107,8 @@ def time_providers(
         return
     if device.type == "cuda":
         timings = {name: measure(p.run, device, warmup_ms=warmup_ms, rep_ms=rep_ms) for name, p in ready.items()}
+        # What issuing one call costs the CPU: on launch-bound sizes, the step's time.
+        host = measure_host({name: p.run for name, p in ready.items()}, device, warmup_ms=warmup_ms, rep_ms=rep_ms)
     else:
         timings = measure_cpu_interleaved({name: p.run for name, p in ready.items()}, warmup_ms, rep_ms)
     for name, prepared in ready.items():
@@ -117,15 +121,16 @@ def time_providers(
                 row.roofline_fraction = row.bytes_per_s / roofline
         if device.type != "cuda":
             continue
+        row.host_us = host[name].median_ms * 1e3
 
         # Events time the device; do_bench's L2 flush before each run also lets the host queue launches ahead,
-        # hiding launch overhead. The wall clock per call (with a synchronize) is what a launch-bound loop sees.
+        # hiding launch overhead. The wall clock per call with a synchronize is what a loop that waits sees.
         def synced(run: Callable[[], Any] = prepared.run) -> None:
             run()
             torch.cuda.synchronize()
 
-        row.host_ms = measure_cpu(synced, warmup_ms, rep_ms).median_ms
-        launches = count_launches(prepared.run, device)
+        row.wall_ms = measure_cpu(synced, warmup_ms, rep_ms).median_ms
+        launches = count_launches(prepared.run, device, fastgp_only=is_fused(name))
         if launches is not None:
             row.launches, row.kernels = launches
 
@@ -209,8 +214,8 @@ def finish_case(case: Case, rows: list[Row], device: torch.device | str) -> list
             row.saved_vs_eager = 1.0 - row.time_ms / eager.time_ms
         if compiled is not None:
             row.speedup_vs_compile = compiled.time_ms / row.time_ms
-        if eager is not None and eager.host_ms is not None and row.host_ms is not None:
-            row.speedup_vs_eager_host = eager.host_ms / row.host_ms
+        if eager is not None and eager.host_us is not None and row.host_us is not None:
+            row.speedup_vs_eager_host = eager.host_us / row.host_us
         row.targets = evaluate_targets(case, row, device)
     return rows
 
