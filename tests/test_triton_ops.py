@@ -8,12 +8,14 @@ twice PyTorch's own error in that dtype (the reference run in that dtype) plus a
 Inputs are fresh random draws (conftest.py seeds each test and prints the seed).
 """
 
+import importlib
 import os
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
+import triton
 
 from fastgp import _layout, ops
 from fastgp import reference as R
@@ -35,10 +37,12 @@ NORMS, CONSTRAINTS, REDUCTIONS, MODES = R.NORMS, R.CONSTRAINTS, R.REDUCTIONS, R.
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Rows of a few dozen entries then span several programs (split rows + last-program path)."""
+    """Rows of a few dozen entries then span several programs (split rows + last-program path),
+    and the last program reduces partials and rows in several steps."""
     monkeypatch.setattr(_common, "BLOCK_SIZE", 16)
     monkeypatch.setattr(_common, "TILES_PER_CHUNK", 2)
-    monkeypatch.setattr(_common, "ROWS_PER_STEP", 16)
+    monkeypatch.setattr(_common, "MIN_PROGRAMS", 1)
+    monkeypatch.setattr(_common, "FINISH_TILE", 8)
 
 
 def randn(*shape, dtype=torch.float32, scale=1.0) -> torch.Tensor:
@@ -132,6 +136,51 @@ def test_penalty_default_chunking_and_many_rows(norm):
     check_penalty(grad, randn(150), norm=norm, center=1.0, weight=10.0, output_weight=0.1)
 
 
+AWKWARD = [(1, 1), (1, 70), (5, 1), (7, 2), (33, 3), (3, 20), (2, 1023), (4, 400)]
+
+
+@pytest.mark.parametrize("shape", AWKWARD, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_awkward_shapes(small_chunks, shape, dtype):
+    """One row, one entry, rows of 2, a row per several programs, many rows per program, rows
+    split into more chunks than the last program reads at once (FINISH_TILE 8)."""
+    grad, scores = randn(*shape, dtype=dtype, scale=0.5), randn(shape[0], dtype=dtype)
+    for norm, reduction, mode in (("l2", "mean", "gn"), ("l1", "max", "pgn"), ("linf", "max", "gn")):
+        # Not the mean norm: with two rows, h would tie to the last bit and the max's share depend on it.
+        center = 0.9 * R.grad_norms(grad.double(), norm).mean().item()
+        check_penalty(grad, scores, norm=norm, center=center, reduction=reduction, output_weight=0.5)
+        check_normalize(scores, grad, mode, norm)
+
+
+@pytest.mark.parametrize("shape", [(4096, 2), (2, 1023), (3, 5000), (1, 1)], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_default_plans(shape, dtype):
+    grad, scores = randn(*shape, dtype=dtype, scale=0.5), randn(shape[0], dtype=dtype)
+    for norm in NORMS:
+        check_penalty(grad, scores, norm=norm, reduction="max" if norm == "l1" else "mean", output_weight=0.5)
+    check_normalize(scores, grad, "gn", "linf")
+
+
+@pytest.mark.parametrize(
+    ("B", "d", "itemsize"),
+    [(4096, 2, 4), (64, 2, 4), (1, 1, 2), (64, 3000, 4), (64, 196608, 2), (8, 3 * 1024 * 1024, 4), (3, 10**7, 8)],
+)
+def test_plan(B, d, itemsize):
+    plan = _common.plan(B, d, itemsize)
+    assert plan.rows * plan.block * itemsize <= 4096, "a tile is at most 4 KB"
+    assert plan.block * plan.tiles * plan.n_chunks >= d > plan.block * plan.tiles * (plan.n_chunks - 1)
+    assert plan.rows == 1 or plan.n_chunks == 1, "split rows are one per program"
+    assert plan.rows * plan.groups >= B and plan.grid == plan.groups * plan.n_chunks
+    if plan.n_chunks > 1:
+        full = B * triton.cdiv(d, plan.block)  # programs if every chunk were one tile
+        assert plan.grid >= min(_common.MIN_PROGRAMS, full) or plan.tiles == _common.TILES_PER_CHUNK
+        assert plan.frows * plan.fchunks <= _common.FINISH_TILE and plan.fchunks >= 1
+    if d * itemsize <= 512:
+        assert plan.grid * plan.rows >= B and plan.grid <= triton.cdiv(B * d * itemsize, 4096) + 1
+    if (B, d) == (64, 2):
+        assert plan.grid == 1 and plan.warps == 1, "a small batch of short rows: one program, one warp"
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "batch_inner", "batch_of_one", "expanded"])
 def test_penalty_layouts(small_chunks, layout):
     base = randn(4, 3, 5, 6)
@@ -206,11 +255,18 @@ def test_hinge_derivative_is_zero_at_the_center():
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("constraint", CONSTRAINTS)
 @pytest.mark.parametrize("norm", NORMS)
-def test_nan_propagates_to_the_penalty(small_chunks, norm, constraint, reduction):
-    grad = randn(3, 40)
-    grad[1, 23] = float("nan")
-    p, norms = ops.penalty_from_grad(grad, norm=norm, constraint=constraint, reduction=reduction)
-    assert torch.isnan(p) and torch.isnan(norms[1]) and not torch.isnan(norms[[0, 2]]).any()
+def test_nan_propagates_to_the_penalty_and_its_gradient(small_chunks, norm, constraint, reduction):
+    """NaN in, NaN out (SPEC.md §3): the NaN row's gradient is NaN everywhere, the hinge's too;
+    under the max every row's is (the max is NaN), under the mean no other row's."""
+    for d in (40, 5):  # split rows, and several whole rows per program
+        grad = randn(3, d)
+        grad[1, d // 2] = float("nan")
+        g = leaf(grad)
+        p, norms = ops.penalty_from_grad(g, norm=norm, constraint=constraint, reduction=reduction)
+        assert torch.isnan(p) and torch.isnan(norms[1]) and not torch.isnan(norms[[0, 2]]).any()
+        (dgrad,) = torch.autograd.grad(p, (g,))
+        assert dgrad[1].isnan().all(), dgrad[1]
+        assert dgrad.isnan().all() if reduction == "max" else not dgrad[[0, 2]].isnan().any()
 
 
 def test_float16_large_gradients_do_not_overflow():
@@ -432,9 +488,86 @@ def test_cuda_graph_replays_draw_fresh_alpha():
 
 
 def test_arrival_counter_is_reset_by_each_launch(small_chunks):
-    """The one-launch reductions reuse one counter per (device, stream), left at zero after each call."""
+    """The one-launch reductions reuse one counter per thread and stream, left at zero after each call."""
     grad = randn(3, 70)
     for _ in range(3):
         check_penalty(grad, norm="l2")
         ops.normalize(randn(3), grad)
-        assert _common.arrival_counter(grad.device).item() == 0
+        with _common.arrival_counter(grad.device) as counter:
+            assert counter.item() == 0
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="a compiled kernel cannot be stopped part-way")
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_interrupted_launch_does_not_poison_later_calls(small_chunks, monkeypatch, error):
+    grad, scores = randn(3, 70), randn(3)
+    want = R.penalty_from_grad(grad, norm="l2")[0]
+    penalty_op = importlib.import_module("fastgp.ops.penalty")
+    original = penalty_op.tile_partial
+    calls = []
+
+    def stop_at_the_third_program(*args):
+        calls.append(1)
+        if len(calls) == 3:  # two programs have arrived at the counter
+            raise error("stopped")
+        return original(*args)
+
+    monkeypatch.setattr(penalty_op, "tile_partial", stop_at_the_third_program)
+    with pytest.raises((error, Exception)):
+        ops.penalty_from_grad(grad, norm="l2")
+    monkeypatch.setattr(penalty_op, "tile_partial", original)
+    torch.testing.assert_close(ops.penalty_from_grad(grad, norm="l2")[0], want)
+    assert_close("f_hat", ops.normalize(scores, grad), R.normalize(scores, grad), R.normalize(scores, grad), grad.dtype)
+
+
+def _launch_in_flight(device) -> None:
+    """Hold this thread's counter with two programs arrived, as a launch still running would."""
+    with _common.arrival_counter(torch.device(device)) as counter:
+        counter += 2
+        _launch_in_flight.ready.set()
+        _launch_in_flight.done.wait(timeout=60)
+        counter.zero_()
+
+
+def test_threads_do_not_share_a_counter(small_chunks):
+    import threading
+
+    _launch_in_flight.ready, _launch_in_flight.done = threading.Event(), threading.Event()
+    other = threading.Thread(target=_launch_in_flight, args=(DEVICE,))
+    other.start()
+    try:
+        assert _launch_in_flight.ready.wait(timeout=60)
+        check_penalty(randn(3, 70), norm="linf", reduction="max")
+        check_normalize(randn(3), randn(3, 70), "gn", "l1")
+    finally:
+        _launch_in_flight.done.set()
+        other.join()
+
+
+def test_streams_do_not_share_a_counter(small_chunks, monkeypatch):
+    monkeypatch.setattr(_common, "stream_id", lambda device: 1)
+    with _common.arrival_counter(torch.device(DEVICE)) as counter:
+        counter += 2  # a launch still running on stream 1
+        monkeypatch.setattr(_common, "stream_id", lambda device: 2)
+        check_penalty(randn(3, 70), norm="l2")
+        counter.zero_()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graphs_replayed_on_two_streams_at_once():
+    grads = [randn(64, 3000), randn(64, 3000, scale=2.0)]
+    want = [ops.penalty_from_grad(g)[0] for g in grads]  # also compiles outside the capture
+    graphs, got = [torch.cuda.CUDAGraph() for _ in grads], []
+    for graph, g in zip(graphs, grads, strict=True):
+        with torch.cuda.graph(graph):
+            got.append(ops.penalty_from_grad(g)[0])
+    streams = [torch.cuda.Stream() for _ in grads]
+    torch.cuda.synchronize()
+    for _ in range(20):
+        for graph, stream in zip(graphs, streams, strict=True):
+            with torch.cuda.stream(stream):
+                graph.replay()
+        torch.cuda.synchronize()
+        for p, w in zip(got, want, strict=True):
+            torch.testing.assert_close(p, w)

@@ -69,9 +69,8 @@ def signature(kernel: triton.JITFunction, data: str, acc: str, index: str) -> di
 
 def cases():
     ops = {name: importlib.import_module(f"fastgp.ops.{name}") for name in ("interpolate", "penalty", "normalize")}
-    common = {"BLOCK_SIZE": 1024, "TILES": 8}
     for (data, acc), index in itertools.product(DTYPES.items(), ("i32", "i64")):
-        base = {**common, "ACC": TL_ACC[acc]}
+        base = {"BLOCK_SIZE": 1024, "TILES": 8, "ACC": TL_ACC[acc]}
         for dragan in (False, True):
             yield ops["interpolate"]._interpolate_fwd_kernel, data, acc, index, {**base, "DRAGAN": dragan}
             yield (
@@ -81,29 +80,40 @@ def cases():
                 index,
                 {**base, "DRAGAN": dragan, "HAS_DREAL": not dragan, "HAS_DFAKE": not dragan},
             )
-        for norm in (0, 1, 2):
+        # The two cuts of `_common.plan`: split rows (one per program), and many short rows per program.
+        for split, norm in itertools.product((True, False), (0, 1, 2)):
+            tile = {"ROWS": 1, "BLOCK": 1024, "TILES": 8} if split else {"ROWS": 512, "BLOCK": 2, "TILES": 1}
+            reduce = {**tile, "FROWS": 2, "FCHUNKS": 512, "SPLIT": split, "ACC": TL_ACC[acc]}
             yield (
                 ops["penalty"]._penalty_fwd_kernel,
                 data,
                 acc,
                 index,
-                {**base, "NORM": norm, "CONSTRAINT": norm, "MAX": norm == 2, "HAS_SCORES": norm != 1, "ROWS": 128},
+                {
+                    **reduce,
+                    "NORM": norm,
+                    "CONSTRAINT": norm,
+                    "MAX": norm == 2,
+                    "HAS_SCORES": norm != 1,
+                    "FINISH": 1024,
+                    "ARRIVE": True,
+                },
             )
             yield (
                 ops["penalty"]._penalty_bwd_kernel,
                 data,
                 acc,
                 index,
-                {**base, "NORM": norm, "HAS_DNORMS": norm == 0, "HAS_SCORES": norm != 1},
+                {**tile, "NORM": norm, "HAS_DNORMS": norm == 0, "HAS_SCORES": norm != 1, "ACC": TL_ACC[acc]},
             )
+            yield ops["normalize"]._normalize_fwd_kernel, data, acc, index, {**reduce, "NORM": norm, "PGN": norm != 0}
             yield (
-                ops["normalize"]._normalize_fwd_kernel,
+                ops["normalize"]._normalize_bwd_kernel,
                 data,
                 acc,
                 index,
-                {**base, "NORM": norm, "PGN": norm != 0, "ROWS": 128},
+                {**tile, "NORM": norm, "PGN": norm != 0, "ACC": TL_ACC[acc]},
             )
-            yield ops["normalize"]._normalize_bwd_kernel, data, acc, index, {**base, "NORM": norm, "PGN": norm != 0}
 
 
 def main() -> int:

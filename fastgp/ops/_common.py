@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import threading
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 import triton
@@ -16,34 +19,78 @@ from torch import Tensor
 
 from fastgp.reference import acc_dtype as acc_dtype  # one rule for every backend
 
-# Defaults for H100, read at call time (tests shrink them to exercise many chunks per row).
-# A program reads CHUNK = BLOCK_SIZE * TILES_PER_CHUNK = 8192 entries of one row: the partials
-# workspace is then under 0.05% of the traffic, and a 64×3×256×256 gradient (d = 196608) still
-# spreads over 64·24 = 1536 programs, ~12 per SM on 132 SMs, instead of 64. BLOCK_SIZE 1024 on
-# 4 warps is 8 entries per thread: two 16-byte loads in fp32, one in fp16/bf16.
+# Defaults read at call time (tests shrink them to exercise many chunks per row and many steps).
+# BLOCK_SIZE is the tile of 4-byte entries: 1024 entries = 4 KB, on 4 warps two 16-byte loads per
+# thread. The reductions keep the tile at 4 KB whatever the dtype (2048 fp16/bf16 entries, 512
+# fp64). A chunk is TILES_PER_CHUNK tiles (32 KB): the partials workspace is then under 0.05% of
+# the traffic, and a 64×3×256×256 gradient still spreads over 64·24 = 1536 programs.
 BLOCK_SIZE = 1024
 TILES_PER_CHUNK = 8
 NUM_WARPS = 4
-# Rows the finishing program (the last one to arrive) reduces per step; it walks B in such steps.
-ROWS_PER_STEP = 128
+# Rows are split into shorter chunks (down to one tile) until the grid has this many programs:
+# about four per SM on current GPUs, so that a small batch of long rows still fills the GPU.
+MIN_PROGRAMS = 512
+# Partials the last program of a split-row reduction loads per step, as one [rows, chunks] tile
+# (and the per-program partials of a penalty): the size of a streaming tile, so that the finish
+# needs no more registers than the streaming loop it shares a kernel with.
+FINISH_TILE = 1024
 
 NORM_IDS = {"l2": 0, "l1": 1, "linf": 2}
 
 _TL_ACC = {torch.float64: tl.float64, torch.float32: tl.float32}
 
 
-_COUNTERS: dict[tuple[torch.device, int], Tensor] = {}
+class _Counters(threading.local):
+    """Each thread's arrival counters, by (device, stream id)."""
+
+    def __init__(self) -> None:
+        self.by_stream: dict[tuple[torch.device, int], Tensor] = {}
 
 
-def arrival_counter(device: torch.device) -> Tensor:
-    """The int32 counter of a one-launch reduction: zero on entry, and reset to zero by the last
-    program to arrive, so no zero-fill kernel runs per call. One per (device, stream): launches on
-    different streams (or in a CUDA graph being captured) never share one."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (device, stream)
-    if key not in _COUNTERS:
-        _COUNTERS[key] = torch.zeros(1, dtype=torch.int32, device=device)
-    return _COUNTERS[key]
+_COUNTERS = _Counters()
+
+
+def stream_id(device: torch.device) -> int:
+    """The stream a launch on `device` goes to (0 on the CPU, where the interpreter runs it)."""
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+
+
+@contextlib.contextmanager
+def arrival_counter(device: torch.device) -> Iterator[Tensor]:
+    """The int32 counter a one-launch reduction's programs arrive at, held for one launch.
+
+    The counter is zero on entry and the last program to arrive resets it, so no zero-fill
+    kernel runs per call. That is sound only if no two launches ever count on it at once, and
+    only if every launch that starts counting finishes:
+
+    - Launches that share a counter come from one thread onto one stream (one per thread,
+      device and stream), so the stream orders them. Threads, and streams, never share one.
+    - Under CUDA-graph capture the launch gets a counter of its own, allocated from the graph's
+      private pool and zeroed by a fill captured just before it. A graph may be replayed on any
+      stream, concurrently with other graphs captured on the same stream: no replay shares its
+      counter with any other graph or with eager launches, and each replay starts from zero.
+    - A launch that raised part-way (the interpreter runs programs one after another in
+      Python, so an exception or a signal can stop it with some programs arrived) may have left
+      the count non-zero: its counter is dropped and the next launch makes a fresh one. On a GPU
+      a kernel that started runs to completion unless the context dies with it.
+
+    A fresh zero-filled counter per call would be just as safe and cost a fill launch per call;
+    a counter never reset, with tickets compared modulo the grid, is not safe in either case
+    above (an interleaved or interrupted launch shifts every later ticket).
+    """
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        yield torch.zeros(1, dtype=torch.int32, device=device)
+        return
+    counters = _COUNTERS.by_stream
+    key = (device, stream_id(device))
+    counter = counters.get(key)
+    if counter is None:
+        counter = counters[key] = torch.zeros(1, dtype=torch.int32, device=device)
+    try:
+        yield counter
+    except BaseException:
+        counters.pop(key, None)
+        raise
 
 
 def on_device(t: Tensor) -> contextlib.AbstractContextManager:
@@ -66,6 +113,65 @@ def chunking(d: int) -> tuple[int, int, int]:
     return block, tiles, max(1, triton.cdiv(d, block * tiles))
 
 
+class Plan(NamedTuple):
+    """How a one-pass reduction over B rows of d entries is cut into programs.
+
+    A program reads ``rows`` consecutive rows of the ``batch`` and, of each, ``tiles`` tiles of ``block`` entries
+    (one chunk); ``n_chunks`` programs share a row when rows are split (then ``rows`` is 1). The
+    last program of a split reduction reads the partials ``frows`` rows × ``fchunks`` chunks at a
+    time. ``grid`` is the number of programs, ``warps`` the warps of each.
+    """
+
+    batch: int
+    rows: int
+    block: int
+    tiles: int
+    n_chunks: int
+    warps: int
+    frows: int
+    fchunks: int
+
+    @property
+    def groups(self) -> int:
+        """Programs along the batch: groups of ``rows`` rows."""
+        return triton.cdiv(self.batch, self.rows)
+
+    @property
+    def grid(self) -> int:
+        return self.groups * self.n_chunks
+
+
+def plan(B: int, d: int, itemsize: int) -> Plan:
+    """The cut of a (B, d) reduction for entries of `itemsize` bytes; a pure function of the
+    shape and dtype, so the summation order (and the result) is the same on every call, and no
+    runtime autotuning can re-launch a kernel inside a CUDA-graph capture.
+
+    - Short rows (d at most one 4 KB tile): many rows per program, a [rows, block] tile of at
+      most 4 KB, and fewer warps when the whole batch is smaller (B=4096, d=2: eight programs of
+      512 rows, no atomic per row; B=64, d=2: one program on one warp, no atomic at all).
+    - Longer rows: one row per program, up to TILES_PER_CHUNK tiles (a chunk) of it, with chunks
+      halved while the grid has fewer than MIN_PROGRAMS programs. A row that fits one chunk is
+      reduced by one program, which writes its own norm; longer rows are split over programs
+      whose partials the last one reduces, FINISH_TILE at a time.
+    """
+    block = max(2, BLOCK_SIZE * 4 // itemsize)
+    if d <= block:
+        block = triton.next_power_of_2(max(d, 1))
+        rows = min(triton.next_power_of_2(B), max(1, (BLOCK_SIZE * 4 // itemsize) // block))
+        tiles = n_chunks = 1
+    else:
+        rows = 1
+        tiles = min(TILES_PER_CHUNK, triton.cdiv(d, block))
+        while tiles > 1 and B * triton.cdiv(d, block * tiles) < MIN_PROGRAMS:
+            tiles = triton.cdiv(tiles, 2)
+        n_chunks = triton.cdiv(d, block * tiles)
+    # Two 16-byte loads per thread per tile: the warps a 4 KB tile needs, fewer for a smaller one.
+    warps = min(NUM_WARPS, max(1, triton.next_power_of_2(rows * block * itemsize) // 1024))
+    fchunks = min(triton.next_power_of_2(n_chunks), FINISH_TILE)
+    frows = min(triton.next_power_of_2(B), max(1, FINISH_TILE // fchunks))
+    return Plan(B, rows, block, tiles, n_chunks, warps, frows, fchunks)
+
+
 def split_float(x: float) -> tuple[float, float]:
     """``x`` as two float32 numbers ``hi + lo``.
 
@@ -82,47 +188,53 @@ def split_float(x: float) -> tuple[float, float]:
 # compiled code is the same loop either way.
 #
 # Per-row norm pieces (SPEC.md §3). A chunk's partial is Σg² (l2), Σ|g| (l1) or, for linf, the
-# chunk's max |g| and the count of entries equal to it, so that the tie count k is exact.
+# chunk's max |g| and the count k of entries equal to it, so that the tie count is exact. A
+# chunk's count fits int32 (it is at most one chunk); counts summed over chunks are int64, since
+# a row may hold more than 2^31 entries.
 
 
 @triton.jit
-def row_chunk_arrive(
-    g_ptr, part_ptr, count_ptr, counter_ptr, stride_row, B, d, n_chunks,
-    NORM: tl.constexpr, ONE_MINUS: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILES: tl.constexpr, ACC: tl.constexpr,
-):
-    """The first half of a one-launch reduction: this program reduces its chunk of its row into the
-    workspace, then arrives at the counter. True for the last program to arrive, which sees every
-    partial and leaves the counter at zero for the next launch."""
-    pid = tl.program_id(0).to(tl.int64)
-    row = pid // n_chunks
-    start = (pid % n_chunks) * (BLOCK_SIZE * TILES)
-    value, count = chunk_partial(g_ptr + row * stride_row, start, d, NORM, ONE_MINUS, BLOCK_SIZE, TILES, ACC)
-    tl.store(part_ptr + pid, value)
-    if NORM == 2:
-        tl.store(count_ptr + pid, count)
-    # Every thread's partial is written before the counter moves; acq_rel makes the last
-    # program see all of them.
-    tl.debug_barrier()
-    arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
-    last = arrived == B * n_chunks - 1
-    if last:
-        tl.atomic_xchg(counter_ptr, 0)
-    return last
+def top_ties(x, k, AXIS: tl.constexpr):
+    """Max of `x` along AXIS, NaN if any entry is NaN (tl.max may drop NaN on GPU), and the sum of
+    `k` over the entries that attain it."""
+    top = tl.max(x, axis=AXIS) + tl.sum(tl.where(x == x, 0.0, x), axis=AXIS)
+    ties = tl.sum(tl.where(x == tl.expand_dims(top, AXIS), k, 0), axis=AXIS)
+    return top, ties
 
 
 @triton.jit
-def chunk_partial(
-    row_ptr, start, d, NORM: tl.constexpr, ONE_MINUS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    TILES: tl.constexpr, ACC: tl.constexpr,
+def merge_top(value, ties, top, k):
+    """The running (max, tie count) ``(value, ties)`` merged with ``(top, k)``, elementwise; NaN wins."""
+    take = (top > value) | (top != top)
+    ties = tl.where(take, k, tl.where(top == value, ties + k, ties))
+    return tl.where(take, top, value), ties
+
+
+@triton.jit
+def tile_partial(
+    g_ptr,
+    rows,
+    row_mask,
+    stride_row,
+    start,
+    d,
+    NORM: tl.constexpr,
+    ONE_MINUS: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    TILES: tl.constexpr,
+    ACC: tl.constexpr,
 ):
-    """Partial of entries ``[start, start + TILES·BLOCK_SIZE)`` of one row of g (or of 1 - g)."""
-    acc = tl.zeros([BLOCK_SIZE], ACC)
-    top = tl.full([BLOCK_SIZE], -1.0, ACC)  # per-lane running max of |g|; -1 below any |g|
-    ties = tl.zeros([BLOCK_SIZE], tl.int32)
+    """Partials ``([ROWS] value, [ROWS] int32 count)`` of entries ``[start, start + TILES·BLOCK)``
+    of a block of rows of g (or of 1 - g), read as [ROWS, BLOCK] tiles."""
+    base = g_ptr + rows.to(tl.int64)[:, None] * stride_row
+    acc = tl.zeros([ROWS, BLOCK], ACC)
+    top = tl.full([ROWS, BLOCK], -1.0, ACC)  # per-lane running max of |g|; -1 below any |g|
+    ties = tl.zeros([ROWS, BLOCK], tl.int32)
     for t in range(TILES):
-        cols = start + t * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-        mask = cols < d
-        x = tl.load(row_ptr + cols, mask=mask, other=0.0).to(ACC)
+        cols = start + t * BLOCK + tl.arange(0, BLOCK)
+        mask = row_mask[:, None] & (cols < d)[None, :]
+        x = tl.load(base + cols[None, :], mask=mask, other=0.0).to(ACC)
         if ONE_MINUS:
             x = tl.where(mask, 1.0 - x, 0.0)
         if NORM == 0:
@@ -135,13 +247,48 @@ def chunk_partial(
             top = tl.where(a > top, a, top)
             acc += tl.where(a == a, 0.0, a)  # NaN survives here: tl.max may drop it on GPU
     if NORM == 2:
-        value = tl.max(top, axis=0)
-        count = tl.sum(tl.where(top == value, ties, 0), axis=0)
-        value += tl.sum(acc, axis=0)
+        value, count = top_ties(top, ties, 1)
+        value += tl.sum(acc, axis=1)
     else:
-        value = tl.sum(acc, axis=0)
-        count = tl.sum(ties, axis=0)
+        value = tl.sum(acc, axis=1)
+        count = tl.sum(ties, axis=1)
     return value, count
+
+
+@triton.jit
+def split_row_partials(
+    part_ptr,
+    count_ptr,
+    rows,
+    row_mask,
+    n_chunks,
+    NORM: tl.constexpr,
+    FROWS: tl.constexpr,
+    FCHUNKS: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """``([FROWS] value, [FROWS] int64 count)`` of split rows from their chunk partials, read as
+    [FROWS, FCHUNKS] tiles and reduced in a fixed order: deterministic, no float atomics."""
+    base = part_ptr + rows.to(tl.int64)[:, None] * n_chunks
+    counts = count_ptr + rows.to(tl.int64)[:, None] * n_chunks
+    value = tl.zeros([FROWS], ACC)
+    if NORM == 2:
+        value = value - 1.0
+    ties = tl.zeros([FROWS], tl.int64)
+    c0 = 0
+    while c0 < n_chunks:  # `while`, not `for`: see the note on runtime loop bounds above
+        cs = c0 + tl.arange(0, FCHUNKS)
+        mask = row_mask[:, None] & (cs < n_chunks)[None, :]
+        # .cg: read the other programs' partials from L2, never from a stale L1 line.
+        p = tl.load(base + cs[None, :], mask=mask, other=-1.0 if NORM == 2 else 0.0, cache_modifier=".cg")
+        if NORM == 2:
+            k = tl.load(counts + cs[None, :], mask=mask, other=0, cache_modifier=".cg").to(tl.int64)
+            top, k = top_ties(p, k, 1)
+            value, ties = merge_top(value, ties, top, k)
+        else:
+            value += tl.sum(p, axis=1)
+        c0 += FCHUNKS
+    return value, ties
 
 
 @triton.jit
@@ -154,40 +301,32 @@ def sqrt_acc(x):
 
 
 @triton.jit
-def row_norms(part_ptr, count_ptr, rows, row_mask, n_chunks, NORM: tl.constexpr, ACC: tl.constexpr):
-    """``(n_i, s_i)`` for a block of rows from their chunk partials, summed in chunk order.
-
-    ``s_i`` is ∂n_i/∂g_i's per-row factor: 1/n (l2), 1 (l1), 1/k (linf), and 0 where n = 0
-    (SPEC.md §3). Fixed order and no float atomics: the result is deterministic.
-    """
-    base = rows.to(tl.int64) * n_chunks
-    value = tl.zeros(rows.shape, ACC)
-    if NORM == 2:
-        value = value - 1.0
-    ties = tl.zeros(rows.shape, tl.int32)
-    c = 0
-    while c < n_chunks:  # `while`, not `for`: see the note on runtime loop bounds above
-        # .cg: read the other programs' partials from L2, never from a stale L1 line.
-        p = tl.load(part_ptr + base + c, mask=row_mask, other=0.0, cache_modifier=".cg")
-        if NORM == 2:
-            k = tl.load(count_ptr + base + c, mask=row_mask, other=0, cache_modifier=".cg")
-            take = (p > value) | (p != p)
-            ties = tl.where(take, k, tl.where(p == value, ties + k, ties))
-            value = tl.where(take, p, value)
-        else:
-            value += p
-        c += 1
+def norm_factor(value, count, NORM: tl.constexpr, ACC: tl.constexpr):
+    """``(n_i, s_i)`` from a row's reduced partial: ``s_i`` is ∂n_i/∂g_i's per-row factor, 1/n
+    (l2), 1 (l1), 1/k (linf), and 0 where n = 0 (SPEC.md §3)."""
     if NORM == 0:
         n = sqrt_acc(value)
         factor = 1.0 / tl.where(n == 0, 1.0, n)
     elif NORM == 1:
         n = value
-        factor = tl.full(rows.shape, 1.0, ACC)
+        factor = tl.full(value.shape, 1.0, ACC)
     else:
         n = value
-        factor = 1.0 / tl.maximum(ties, 1).to(ACC)
-    factor = tl.where(n == 0, 0.0, factor).to(ACC)
-    return n, factor
+        factor = 1.0 / tl.maximum(count, 1).to(ACC)
+    return n, tl.where(n == 0, 0.0, factor).to(ACC)
+
+
+@triton.jit
+def arrive(counter_ptr, total):
+    """True in the last of `total` programs to arrive. Every store a program made before its call
+    is visible to the last one (barrier, then an acq_rel atomic), which leaves the counter at 0
+    for the next launch (see `arrival_counter`)."""
+    tl.debug_barrier()
+    arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel")
+    last = arrived == total - 1
+    if last:
+        tl.atomic_xchg(counter_ptr, 0)
+    return last
 
 
 @triton.jit
@@ -202,9 +341,3 @@ def norm_direction(x, n, NORM: tl.constexpr):
     else:
         out = tl.where(tl.abs(x) == n, sign, 0.0)
     return out
-
-
-@triton.jit
-def nan_max(x):
-    """Max of a block that is NaN when any entry is NaN (tl.max may ignore NaN on GPU)."""
-    return tl.max(x, axis=0) + tl.sum(tl.where(x == x, 0.0, x), axis=0)

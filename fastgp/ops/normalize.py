@@ -13,6 +13,8 @@ gradient into `grad` is never detached: it carries the generator's signal.
 
 # No `from __future__ import annotations`: torch.library.custom_op reads the annotations at
 # runtime to infer the schema, and older torch releases cannot resolve strings.
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -22,7 +24,33 @@ from fastgp import _layout as L
 from fastgp import reference as R
 from fastgp.ops import _autograd
 from fastgp.ops import _common as C
-from fastgp.ops._common import norm_direction, row_chunk_arrive, row_norms
+from fastgp.ops._common import arrive, norm_direction, norm_factor, split_row_partials, tile_partial
+
+
+@triton.jit
+def _store_rows(
+    value,
+    count,
+    rows,
+    row_mask,
+    f_ptr,
+    out_ptr,
+    norms_ptr,
+    factor_ptr,
+    NORM: tl.constexpr,
+    PGN: tl.constexpr,
+    ACC: tl.constexpr,
+):
+    """f̂, norms and factors of a block of rows from their reduced partials."""
+    n, factor = norm_factor(value, count, NORM, ACC)
+    f = tl.load(f_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+    u = 1.0 - f if PGN else f
+    q = n + tl.abs(u)
+    # q == 0 (not q > 0) so that a NaN score stays NaN (SPEC.md §4).
+    out = tl.where(q == 0, 0.0, u / tl.where(q == 0, 1.0, q))
+    tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=row_mask)
+    tl.store(norms_ptr + rows, n, mask=row_mask)
+    tl.store(factor_ptr + rows, factor, mask=row_mask)
 
 
 @triton.jit
@@ -41,29 +69,52 @@ def _normalize_fwd_kernel(
     n_chunks,
     NORM: tl.constexpr,
     PGN: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr,
-    TILES: tl.constexpr,
     ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    TILES: tl.constexpr,
+    FROWS: tl.constexpr,
+    FCHUNKS: tl.constexpr,
+    SPLIT: tl.constexpr,
     ACC: tl.constexpr,
 ):
-    last = row_chunk_arrive(
-        g_ptr, part_ptr, count_ptr, counter_ptr, stride_row, B, d, n_chunks, NORM, PGN, BLOCK_SIZE, TILES, ACC
-    )
-    if last:
-        r0 = 0
-        while r0 < B:  # `while`: see the note on runtime loop bounds in _common.py
-            rows = r0 + tl.arange(0, ROWS)
-            mask = rows < B
-            r0 += ROWS
-            n, factor = row_norms(part_ptr, count_ptr, rows, mask, n_chunks, NORM, ACC)
-            f = tl.load(f_ptr + rows, mask=mask, other=0.0).to(ACC)
-            u = 1.0 - f if PGN else f
-            q = n + tl.abs(u)
-            # q == 0 (not q > 0) so that a NaN score stays NaN (SPEC.md §4).
-            out = tl.where(q == 0, 0.0, u / tl.where(q == 0, 1.0, q))
-            tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=mask)
-            tl.store(norms_ptr + rows, n, mask=mask)
-            tl.store(factor_ptr + rows, factor, mask=mask)
+    pid = tl.program_id(0).to(tl.int64)
+    if SPLIT:
+        # Split rows (ROWS = 1): reduce one chunk into the workspace; the last program to arrive
+        # reduces every row's partials.
+        row = pid // n_chunks + tl.arange(0, 1)
+        value, count = tile_partial(
+            g_ptr,
+            row,
+            row < B,
+            stride_row,
+            (pid % n_chunks) * (BLOCK * TILES),
+            d,
+            NORM,
+            PGN,
+            1,
+            BLOCK,
+            TILES,
+            ACC,
+        )
+        tl.store(part_ptr + pid + tl.arange(0, 1), value)
+        if NORM == 2:
+            tl.store(count_ptr + pid + tl.arange(0, 1), count)
+        if arrive(counter_ptr, tl.num_programs(0)):
+            r0 = 0
+            while r0 < B:  # `while`: see the note on runtime loop bounds in _common.py
+                rows = r0 + tl.arange(0, FROWS)
+                mask = rows < B
+                r0 += FROWS
+                values, counts = split_row_partials(
+                    part_ptr, count_ptr, rows, mask, n_chunks, NORM, FROWS, FCHUNKS, ACC
+                )
+                _store_rows(values, counts, rows, mask, f_ptr, out_ptr, norms_ptr, factor_ptr, NORM, PGN, ACC)
+    else:
+        # Whole rows: no batch reduction, so no workspace, counter or atomic.
+        rows = pid * ROWS + tl.arange(0, ROWS)
+        mask = rows < B
+        value, count = tile_partial(g_ptr, rows, mask, stride_row, 0, d, NORM, PGN, ROWS, BLOCK, TILES, ACC)
+        _store_rows(value, count, rows, mask, f_ptr, out_ptr, norms_ptr, factor_ptr, NORM, PGN, ACC)
 
 
 @triton.jit
@@ -76,39 +127,42 @@ def _normalize_bwd_kernel(
     norms_ptr,
     factor_ptr,
     stride_row,
+    B,
     d,
     n_chunks,
     NORM: tl.constexpr,
     PGN: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
     TILES: tl.constexpr,
     ACC: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
-    row = pid // n_chunks
     chunk = pid % n_chunks
-    f = tl.load(f_ptr + row).to(ACC)
-    dout = tl.load(dout_ptr + row).to(ACC)
-    n = tl.load(norms_ptr + row)
+    rows = (pid // n_chunks) * ROWS + tl.arange(0, ROWS)
+    row_mask = rows < B
+    f = tl.load(f_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+    dout = tl.load(dout_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+    n = tl.load(norms_ptr + rows, mask=row_mask, other=0.0)
     u = 1.0 - f if PGN else f
     q = n + tl.abs(u)
     empty = q == 0
     q = tl.where(empty, 1.0, q)
     s = -1.0 if PGN else 1.0
     # -(u/q²) times ∂n/∂g; pgn's extra -1 is ∂(1-g)/∂g.
-    scale = tl.where(empty, 0.0, -(dout * u / (q * q)) * tl.load(factor_ptr + row) * s)
-    base = row * stride_row + chunk * (BLOCK_SIZE * TILES)
+    scale = tl.where(empty, 0.0, -(dout * u / (q * q)) * tl.load(factor_ptr + rows, mask=row_mask, other=0.0) * s)
+    offsets = rows.to(tl.int64)[:, None] * stride_row
     for t in range(TILES):
-        cols = t * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-        mask = chunk * (BLOCK_SIZE * TILES) + cols < d
-        x = tl.load(g_ptr + base + cols, mask=mask, other=0.0).to(ACC)
+        cols = chunk * (BLOCK * TILES) + t * BLOCK + tl.arange(0, BLOCK)
+        mask = row_mask[:, None] & (cols < d)[None, :]
+        x = tl.load(g_ptr + offsets + cols[None, :], mask=mask, other=0.0).to(ACC)
         if PGN:
             x = 1.0 - x
-        dx = scale * norm_direction(x, n, NORM)
-        tl.store(dg_ptr + base + cols, dx.to(dg_ptr.dtype.element_ty), mask=mask)
+        dx = scale[:, None] * norm_direction(x, n[:, None], NORM)
+        tl.store(dg_ptr + offsets + cols[None, :], dx.to(dg_ptr.dtype.element_ty), mask=mask)
     if chunk == 0:
         df = tl.where(empty, 0.0, dout * s * n / (q * q))
-        tl.store(df_ptr + row, df.to(df_ptr.dtype.element_ty))
+        tl.store(df_ptr + rows, df.to(df_ptr.dtype.element_ty), mask=row_mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,13 +175,14 @@ def _normalize_fwd(scores: Tensor, grad: Tensor, mode: str, norm: str) -> tuple[
     acc = C.acc_dtype(scores.dtype, grad.dtype)
     f = scores.reshape(-1).contiguous()
     out = torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)
-    block, tiles, n_chunks = C.chunking(d)
-    part = torch.empty(B * n_chunks, dtype=acc, device=g.device)
-    count = torch.empty(B * n_chunks if norm == "linf" else 1, dtype=torch.int32, device=g.device)
-    counter = C.arrival_counter(g.device)
+    plan = C.plan(B, d, g.element_size())
+    split = plan.n_chunks > 1
+    part = torch.empty(plan.grid if split else 1, dtype=acc, device=g.device)
+    count = torch.empty(plan.grid if split and norm == "linf" else 1, dtype=torch.int32, device=g.device)
     norms, factor = (torch.empty(B, dtype=acc, device=g.device) for _ in range(2))
-    with C.on_device(g):
-        _normalize_fwd_kernel[(B * n_chunks,)](
+    counter = C.arrival_counter(g.device) if split else contextlib.nullcontext(count)
+    with C.on_device(g), counter as counter:
+        _normalize_fwd_kernel[(plan.grid,)](
             g,
             f,
             out,
@@ -139,14 +194,17 @@ def _normalize_fwd(scores: Tensor, grad: Tensor, mode: str, norm: str) -> tuple[
             L.row_stride(g),
             B,
             d,
-            n_chunks,
+            plan.n_chunks,
             NORM=C.NORM_IDS[norm],
             PGN=mode == "pgn",
-            BLOCK_SIZE=block,
-            TILES=tiles,
-            ROWS=min(C.ROWS_PER_STEP, max(16, triton.next_power_of_2(B))),
+            ROWS=plan.rows,
+            BLOCK=plan.block,
+            TILES=plan.tiles,
+            FROWS=plan.frows,
+            FCHUNKS=plan.fchunks,
+            SPLIT=split,
             ACC=C.tl_acc(acc),
-            num_warps=C.NUM_WARPS,
+            num_warps=plan.warps,
         )
     return out, norms, factor
 
@@ -160,9 +218,9 @@ def _normalize_bwd(
     B, d = g.shape[0], g[0].numel()
     f = scores.reshape(-1).contiguous()
     dscores = torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)
-    block, tiles, n_chunks = C.chunking(d)
+    plan = C.plan(B, d, g.element_size())
     with C.on_device(g):
-        _normalize_bwd_kernel[(B * n_chunks,)](
+        _normalize_bwd_kernel[(plan.grid,)](
             g,
             target,
             f,
@@ -171,14 +229,16 @@ def _normalize_bwd(
             norms,
             factor,
             L.row_stride(g),
+            B,
             d,
-            n_chunks,
+            plan.n_chunks,
             NORM=C.NORM_IDS[norm],
             PGN=mode == "pgn",
-            BLOCK_SIZE=block,
-            TILES=tiles,
+            ROWS=plan.rows,
+            BLOCK=plan.block,
+            TILES=plan.tiles,
             ACC=C.tl_acc(norms.dtype),
-            num_warps=C.NUM_WARPS,
+            num_warps=plan.warps,
         )
     if target is not dgrad:
         dgrad.copy_(target)
@@ -205,9 +265,7 @@ def _backward(ctx, dout, _dnorms, _dfactor):
         return None, None, None, None
     if torch.is_grad_enabled():
         # create_graph=True: differentiate the reference's formula (see penalty.py's backward).
-        dscores, dgrad = R.vjp(
-            lambda f, g: (R.normalize(f, g, ctx.mode, ctx.norm),), (scores, grad), (dout,)
-        )
+        dscores, dgrad = R.vjp(lambda f, g: (R.normalize(f, g, ctx.mode, ctx.norm),), (scores, grad), (dout,))
         return dscores, dgrad, None, None
     dscores, dgrad = ctx.bwd(dout, scores, grad, norms, factor, ctx.mode, ctx.norm)
     return dscores, dgrad, None, None

@@ -23,7 +23,15 @@ from fastgp import _layout as L
 from fastgp import reference as R
 from fastgp.ops import _autograd
 from fastgp.ops import _common as C
-from fastgp.ops._common import nan_max, norm_direction, row_chunk_arrive, row_norms
+from fastgp.ops._common import (
+    arrive,
+    merge_top,
+    norm_direction,
+    norm_factor,
+    split_row_partials,
+    tile_partial,
+    top_ties,
+)
 
 CONSTRAINT_IDS = {"ls": 0, "hinge": 1, "squared_hinge": 2}
 
@@ -31,15 +39,16 @@ CONSTRAINT_IDS = {"ls": 0, "hinge": 1, "squared_hinge": 2}
 @triton.jit
 def _constraint(t, CONSTRAINT: tl.constexpr):
     """``h`` and ``h'`` at ``t = n - c``: ls ``(t², 2t)``, hinge ``(max(0,t), [t > 0])``,
-    squared_hinge ``(max(0,t)², 2·max(0,t))``. Written with ``t <= 0`` so that NaN stays NaN and
-    the hinge's derivative at ``n = c`` is 0 (SPEC.md §3)."""
+    squared_hinge ``(max(0,t)², 2·max(0,t))``. Written with ``t <= 0`` so that the hinge's
+    derivative at ``n = c`` is 0, and so that a NaN ``t`` gives NaN ``h`` and ``h'`` (SPEC.md §3:
+    NaN in, NaN out; a NaN row's gradient is then NaN, not a silent finite number)."""
     pos = tl.where(t <= 0, 0.0, t)
     if CONSTRAINT == 0:
         h = t * t
         dh = 2.0 * t
     elif CONSTRAINT == 1:
         h = pos
-        dh = tl.where(t <= 0, 0.0, 1.0).to(t.dtype)
+        dh = tl.where(t <= 0, 0.0, tl.where(t > 0, 1.0, t))
     else:
         h = pos * pos
         dh = 2.0 * pos
@@ -47,55 +56,72 @@ def _constraint(t, CONSTRAINT: tl.constexpr):
 
 
 @triton.jit
-def _penalty_finish(
-    part_ptr, count_ptr, f_ptr, penalty_ptr, norms_ptr, coef_ptr, factor_ptr,
-    B, n_chunks, center, weight, eps,
-    NORM: tl.constexpr, CONSTRAINT: tl.constexpr, MAX: tl.constexpr, HAS_SCORES: tl.constexpr,
-    ROWS: tl.constexpr, ACC: tl.constexpr,
+def _store_rows(
+    value,
+    count,
+    rows,
+    row_mask,
+    f_ptr,
+    norms_ptr,
+    coef_ptr,
+    factor_ptr,
+    B,
+    center,
+    weight,
+    NORM: tl.constexpr,
+    CONSTRAINT: tl.constexpr,
+    MAX: tl.constexpr,
+    HAS_SCORES: tl.constexpr,
+    ACC: tl.constexpr,
 ):
-    """Run by the last program only: norms, coefficients and P from all partials."""
-    h_sum = tl.zeros([ROWS], ACC)
-    h_top = tl.full([ROWS], float("-inf"), ACC)
-    f_sq = tl.zeros([ROWS], ACC)
-    r0 = 0
-    while r0 < B:  # `while`: see the note on runtime loop bounds in _common.py
-        rows = r0 + tl.arange(0, ROWS)
-        mask = rows < B
-        r0 += ROWS
-        n, factor = row_norms(part_ptr, count_ptr, rows, mask, n_chunks, NORM, ACC)
-        h, dh = _constraint(n - center, CONSTRAINT)
-        tl.store(norms_ptr + rows, n, mask=mask)
-        tl.store(factor_ptr + rows, factor, mask=mask)
-        if MAX:
-            tl.store(coef_ptr + rows, h, mask=mask)  # h for now; the coefficient is written below
-        else:
-            tl.store(coef_ptr + rows, weight / B * dh, mask=mask)
-        h_sum += tl.where(mask, h, 0.0)
-        h_top = tl.where(mask & ((h > h_top) | (h != h)), h, h_top)
-        if HAS_SCORES:
-            f = tl.load(f_ptr + rows, mask=mask, other=0.0).to(ACC)
-            f_sq += f * f
+    """Norms, factors and coefficients ``λ/B · h'(n_i)`` of a block of rows from their reduced
+    partials (``h`` for now under MAX: the coefficient needs the batch's max). Returns the rows'
+    ``h`` (-1 on masked rows under MAX, below any h; else 0) and ``f_i²`` (0 without scores)."""
+    n, factor = norm_factor(value, count, NORM, ACC)
+    h, dh = _constraint(n - center, CONSTRAINT)
+    tl.store(norms_ptr + rows, n, mask=row_mask)
+    tl.store(factor_ptr + rows, factor, mask=row_mask)
+    tl.store(coef_ptr + rows, h if MAX else weight / B * dh, mask=row_mask)
+    f2 = tl.zeros(n.shape, ACC)
+    if HAS_SCORES:
+        f = tl.load(f_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+        f2 = f * f
+    return tl.where(row_mask, h, -1.0 if MAX else 0.0), f2
+
+
+@triton.jit
+def _finish_penalty(
+    h_sum,
+    h_top,
+    h_ties,
+    f2,
+    f_ptr,
+    penalty_ptr,
+    norms_ptr,
+    coef_ptr,
+    B,
+    center,
+    weight,
+    eps,
+    CONSTRAINT: tl.constexpr,
+    MAX: tl.constexpr,
+    HAS_SCORES: tl.constexpr,
+    FINISH: tl.constexpr,
+):
+    """Run by the last program: P from per-lane sums (mean), or per-lane max and tie counts (max),
+    of h and f², in a fixed order; under MAX also the coefficients."""
     if MAX:
         # amax's rule (SPEC.md §3): the k samples attaining the max share λ, λ/k each.
-        top = nan_max(h_top)
-        tl.debug_barrier()
-        ties = tl.zeros([ROWS], tl.int32)
+        top, k = top_ties(h_top, h_ties, 0)
+        k = tl.maximum(k, 1).to(top.dtype)
+        tl.debug_barrier()  # the h stored in coef by this program's other threads
         r0 = 0
         while r0 < B:  # `while`: see the note on runtime loop bounds in _common.py
-            rows = r0 + tl.arange(0, ROWS)
+            rows = r0 + tl.arange(0, FINISH)
             mask = rows < B
-            r0 += ROWS
-            h = tl.load(coef_ptr + rows, mask=mask, other=0.0)
-            ties += (mask & (h == top)).to(tl.int32)
-        k = tl.maximum(tl.sum(ties, axis=0), 1).to(ACC)
-        tl.debug_barrier()
-        r0 = 0
-        while r0 < B:  # `while`: see the note on runtime loop bounds in _common.py
-            rows = r0 + tl.arange(0, ROWS)
-            mask = rows < B
-            r0 += ROWS
-            h = tl.load(coef_ptr + rows, mask=mask, other=0.0)
-            n = tl.load(norms_ptr + rows, mask=mask, other=0.0)
+            r0 += FINISH
+            h = tl.load(coef_ptr + rows, mask=mask, other=0.0, cache_modifier=".cg")
+            n = tl.load(norms_ptr + rows, mask=mask, other=0.0, cache_modifier=".cg")
             _, dh = _constraint(n - center, CONSTRAINT)
             # A NaN maximum makes every coefficient NaN, as amax's backward does (0/0 on no ties):
             # NaN in, NaN gradients out, never a silent zero.
@@ -105,62 +131,244 @@ def _penalty_finish(
     else:
         value = weight * (tl.sum(h_sum, axis=0) / B)
     if HAS_SCORES:
-        value += eps * (tl.sum(f_sq, axis=0) / B)
+        value += eps * (tl.sum(f2, axis=0) / B)
     tl.store(penalty_ptr, value)
 
 
 @triton.jit
 def _penalty_fwd_kernel(
-    g_ptr, part_ptr, count_ptr, counter_ptr, f_ptr, penalty_ptr, norms_ptr, coef_ptr, factor_ptr,
+    g_ptr,
+    part_ptr,
+    count_ptr,
+    counter_ptr,
+    f_ptr,
+    penalty_ptr,
+    norms_ptr,
+    coef_ptr,
+    factor_ptr,
     stride_row,
-    B, d, n_chunks, center_hi, center_lo, weight_hi, weight_lo, eps_hi, eps_lo,
-    NORM: tl.constexpr, CONSTRAINT: tl.constexpr, MAX: tl.constexpr, HAS_SCORES: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, TILES: tl.constexpr, ROWS: tl.constexpr, ACC: tl.constexpr,
+    B,
+    d,
+    n_chunks,
+    center_hi,
+    center_lo,
+    weight_hi,
+    weight_lo,
+    eps_hi,
+    eps_lo,
+    NORM: tl.constexpr,
+    CONSTRAINT: tl.constexpr,
+    MAX: tl.constexpr,
+    HAS_SCORES: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    TILES: tl.constexpr,
+    FROWS: tl.constexpr,
+    FCHUNKS: tl.constexpr,
+    FINISH: tl.constexpr,
+    SPLIT: tl.constexpr,
+    ARRIVE: tl.constexpr,
+    ACC: tl.constexpr,
 ):
-    last = row_chunk_arrive(
-        g_ptr, part_ptr, count_ptr, counter_ptr, stride_row, B, d, n_chunks, NORM, False, BLOCK_SIZE, TILES, ACC
-    )
-    if last:
-        center = tl.cast(center_hi, ACC) + tl.cast(center_lo, ACC)
-        weight = tl.cast(weight_hi, ACC) + tl.cast(weight_lo, ACC)
-        eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
-        _penalty_finish(
-            part_ptr, count_ptr, f_ptr, penalty_ptr, norms_ptr, coef_ptr, factor_ptr,
-            B, n_chunks, center, weight, eps,
-            NORM, CONSTRAINT, MAX, HAS_SCORES, ROWS, ACC,
+    pid = tl.program_id(0).to(tl.int64)
+    programs = tl.num_programs(0)
+    center = tl.cast(center_hi, ACC) + tl.cast(center_lo, ACC)
+    weight = tl.cast(weight_hi, ACC) + tl.cast(weight_lo, ACC)
+    eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
+    if SPLIT:
+        # Split rows (ROWS = 1): reduce one chunk into the workspace; the last program to arrive
+        # reduces every row's partials and writes everything.
+        row = pid // n_chunks + tl.arange(0, 1)
+        value, count = tile_partial(
+            g_ptr,
+            row,
+            row < B,
+            stride_row,
+            (pid % n_chunks) * (BLOCK * TILES),
+            d,
+            NORM,
+            False,
+            1,
+            BLOCK,
+            TILES,
+            ACC,
         )
+        tl.store(part_ptr + pid + tl.arange(0, 1), value)
+        if NORM == 2:
+            tl.store(count_ptr + pid + tl.arange(0, 1), count)
+        if arrive(counter_ptr, programs):
+            h_sum = tl.zeros([FROWS], ACC)
+            h_top = tl.full([FROWS], -1.0, ACC)
+            h_ties = tl.zeros([FROWS], tl.int32)
+            f2 = tl.zeros([FROWS], ACC)
+            r0 = 0
+            while r0 < B:  # `while`: see the note on runtime loop bounds in _common.py
+                rows = r0 + tl.arange(0, FROWS)
+                mask = rows < B
+                r0 += FROWS
+                values, counts = split_row_partials(
+                    part_ptr, count_ptr, rows, mask, n_chunks, NORM, FROWS, FCHUNKS, ACC
+                )
+                h, f2_rows = _store_rows(
+                    values,
+                    counts,
+                    rows,
+                    mask,
+                    f_ptr,
+                    norms_ptr,
+                    coef_ptr,
+                    factor_ptr,
+                    B,
+                    center,
+                    weight,
+                    NORM,
+                    CONSTRAINT,
+                    MAX,
+                    HAS_SCORES,
+                    ACC,
+                )
+                h_sum += h
+                h_top, h_ties = merge_top(h_top, h_ties, h, mask.to(tl.int32))
+                f2 += f2_rows
+            _finish_penalty(
+                h_sum,
+                h_top,
+                h_ties,
+                f2,
+                f_ptr,
+                penalty_ptr,
+                norms_ptr,
+                coef_ptr,
+                B,
+                center,
+                weight,
+                eps,
+                CONSTRAINT,
+                MAX,
+                HAS_SCORES,
+                FINISH,
+            )
+    else:
+        # Whole rows: this program writes its rows' norms and coefficients itself, and one
+        # partial of the batch reduction (Σh or max h with its ties, Σf²) for the last program.
+        rows = pid * ROWS + tl.arange(0, ROWS)
+        mask = rows < B
+        value, count = tile_partial(g_ptr, rows, mask, stride_row, 0, d, NORM, False, ROWS, BLOCK, TILES, ACC)
+        h, f2_rows = _store_rows(
+            value,
+            count,
+            rows,
+            mask,
+            f_ptr,
+            norms_ptr,
+            coef_ptr,
+            factor_ptr,
+            B,
+            center,
+            weight,
+            NORM,
+            CONSTRAINT,
+            MAX,
+            HAS_SCORES,
+            ACC,
+        )
+        if MAX:
+            top, k = top_ties(h, mask.to(tl.int32), 0)
+            tl.store(part_ptr + pid, top)
+            tl.store(count_ptr + pid, k)
+        else:
+            tl.store(part_ptr + pid, tl.sum(h, axis=0))
+        tl.store(part_ptr + programs + pid, tl.sum(f2_rows, axis=0))
+        if ARRIVE:
+            last = arrive(counter_ptr, programs)
+        else:
+            tl.debug_barrier()
+            last = pid == 0
+        if last:
+            h_sum = tl.zeros([FINISH], ACC)
+            h_top = tl.full([FINISH], -1.0, ACC)
+            h_ties = tl.zeros([FINISH], tl.int32)
+            f2 = tl.zeros([FINISH], ACC)
+            i0 = 0
+            while i0 < programs:  # `while`: see the note on runtime loop bounds in _common.py
+                i = i0 + tl.arange(0, FINISH)
+                m = i < programs
+                i0 += FINISH
+                p = tl.load(part_ptr + i, mask=m, other=-1.0 if MAX else 0.0, cache_modifier=".cg")
+                if MAX:
+                    ties = tl.load(count_ptr + i, mask=m, other=0, cache_modifier=".cg")
+                    h_top, h_ties = merge_top(h_top, h_ties, p, ties)
+                else:
+                    h_sum += p
+                f2 += tl.load(part_ptr + programs + i, mask=m, other=0.0, cache_modifier=".cg")
+            _finish_penalty(
+                h_sum,
+                h_top,
+                h_ties,
+                f2,
+                f_ptr,
+                penalty_ptr,
+                norms_ptr,
+                coef_ptr,
+                B,
+                center,
+                weight,
+                eps,
+                CONSTRAINT,
+                MAX,
+                HAS_SCORES,
+                FINISH,
+            )
 
 
 @triton.jit
 def _penalty_bwd_kernel(
-    g_ptr, dg_ptr, norms_ptr, coef_ptr, factor_ptr, dp_ptr, dnorms_ptr, f_ptr, df_ptr,
+    g_ptr,
+    dg_ptr,
+    norms_ptr,
+    coef_ptr,
+    factor_ptr,
+    dp_ptr,
+    dnorms_ptr,
+    f_ptr,
+    df_ptr,
     stride_row,
-    B, d, n_chunks, eps_hi, eps_lo,
-    NORM: tl.constexpr, HAS_DNORMS: tl.constexpr, HAS_SCORES: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, TILES: tl.constexpr, ACC: tl.constexpr,
+    B,
+    d,
+    n_chunks,
+    eps_hi,
+    eps_lo,
+    NORM: tl.constexpr,
+    HAS_DNORMS: tl.constexpr,
+    HAS_SCORES: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    TILES: tl.constexpr,
+    ACC: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
-    row = pid // n_chunks
     chunk = pid % n_chunks
+    rows = (pid // n_chunks) * ROWS + tl.arange(0, ROWS)
+    row_mask = rows < B
     dp = tl.load(dp_ptr).to(ACC)
     # ∂L/∂n_i: through P, plus the norms' own incoming gradient when they were used downstream.
-    dn = tl.load(coef_ptr + row) * dp
+    dn = tl.load(coef_ptr + rows, mask=row_mask, other=0.0) * dp
     if HAS_DNORMS:
-        dn += tl.load(dnorms_ptr + row).to(ACC)
-    scale = dn * tl.load(factor_ptr + row)
-    n = tl.load(norms_ptr + row)
-    base = row * stride_row + chunk * (BLOCK_SIZE * TILES)
+        dn += tl.load(dnorms_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+    scale = (dn * tl.load(factor_ptr + rows, mask=row_mask, other=0.0))[:, None]
+    n = tl.load(norms_ptr + rows, mask=row_mask, other=0.0)[:, None]
+    offsets = rows.to(tl.int64)[:, None] * stride_row
     for t in range(TILES):
-        cols = t * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-        mask = chunk * (BLOCK_SIZE * TILES) + cols < d
-        x = tl.load(g_ptr + base + cols, mask=mask, other=0.0).to(ACC)
+        cols = chunk * (BLOCK * TILES) + t * BLOCK + tl.arange(0, BLOCK)
+        mask = row_mask[:, None] & (cols < d)[None, :]
+        x = tl.load(g_ptr + offsets + cols[None, :], mask=mask, other=0.0).to(ACC)
         dx = scale * norm_direction(x, n, NORM)
-        tl.store(dg_ptr + base + cols, dx.to(dg_ptr.dtype.element_ty), mask=mask)
+        tl.store(dg_ptr + offsets + cols[None, :], dx.to(dg_ptr.dtype.element_ty), mask=mask)
     if HAS_SCORES:  # noqa: SIM102 (compile-time test outside, runtime test inside)
         if chunk == 0:
             eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
-            f = tl.load(f_ptr + row).to(ACC)
-            tl.store(df_ptr + row, (2.0 * eps / B * f * dp).to(df_ptr.dtype.element_ty))
+            f = tl.load(f_ptr + rows, mask=row_mask, other=0.0).to(ACC)
+            tl.store(df_ptr + rows, (2.0 * eps / B * f * dp).to(df_ptr.dtype.element_ty), mask=row_mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,53 +376,108 @@ def _penalty_bwd_kernel(
 
 
 def _penalty_fwd(
-    grad: Tensor, scores: Optional[Tensor], norm: str, constraint: str, center: float, weight: float,  # noqa: UP045
-    reduction: str, output_weight: float,
+    grad: Tensor,
+    scores: Optional[Tensor],  # noqa: UP045
+    norm: str,
+    constraint: str,
+    center: float,
+    weight: float,
+    reduction: str,
+    output_weight: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     g = L.as_rows(grad)
     B, d = g.shape[0], g[0].numel()
     acc = C.acc_dtype(grad.dtype)
-    block, tiles, n_chunks = C.chunking(d)
-    part = torch.empty(B * n_chunks, dtype=acc, device=g.device)
-    count = torch.empty(B * n_chunks if norm == "linf" else 1, dtype=torch.int32, device=g.device)
-    counter = C.arrival_counter(g.device)
+    plan = C.plan(B, d, g.element_size())
+    is_max = reduction == "max"
+    # Workspace: a partial per chunk (split rows), else Σh or max h (with its ties) and Σf² per program.
+    part = torch.empty(plan.grid * (1 if plan.n_chunks > 1 else 2), dtype=acc, device=g.device)
+    ties = norm == "linf" if plan.n_chunks > 1 else is_max
+    count = torch.empty(plan.grid if ties else 1, dtype=torch.int32, device=g.device)
     penalty = torch.empty((), dtype=acc, device=g.device)
     norms, coef, factor = (torch.empty(B, dtype=acc, device=g.device) for _ in range(3))
     has_scores = scores is not None
     f = scores.contiguous() if has_scores else penalty
-    with C.on_device(g):
-        _penalty_fwd_kernel[(B * n_chunks,)](
-            g, part, count, counter, f, penalty, norms, coef, factor,
+    with C.on_device(g), C.arrival_counter(g.device) as counter:
+        _penalty_fwd_kernel[(plan.grid,)](
+            g,
+            part,
+            count,
+            counter,
+            f,
+            penalty,
+            norms,
+            coef,
+            factor,
             L.row_stride(g),
-            B, d, n_chunks, *C.split_float(center), *C.split_float(weight), *C.split_float(output_weight),
-            NORM=C.NORM_IDS[norm], CONSTRAINT=CONSTRAINT_IDS[constraint], MAX=reduction == "max",
-            HAS_SCORES=has_scores, BLOCK_SIZE=block, TILES=tiles,
-            ROWS=min(C.ROWS_PER_STEP, max(16, triton.next_power_of_2(B))), ACC=C.tl_acc(acc),
-            num_warps=C.NUM_WARPS,
+            B,
+            d,
+            plan.n_chunks,
+            *C.split_float(center),
+            *C.split_float(weight),
+            *C.split_float(output_weight),
+            NORM=C.NORM_IDS[norm],
+            CONSTRAINT=CONSTRAINT_IDS[constraint],
+            MAX=is_max,
+            HAS_SCORES=has_scores,
+            ROWS=plan.rows,
+            BLOCK=plan.block,
+            TILES=plan.tiles,
+            FROWS=plan.frows,
+            FCHUNKS=plan.fchunks,
+            FINISH=C.FINISH_TILE,
+            SPLIT=plan.n_chunks > 1,
+            ARRIVE=plan.grid > 1,
+            ACC=C.tl_acc(acc),
+            num_warps=plan.warps,
         )
     return penalty, norms, coef, factor
 
 
 def _penalty_bwd(
-    dp: Tensor, dnorms: Optional[Tensor], grad: Tensor, scores: Optional[Tensor],  # noqa: UP045
-    norms: Tensor, coef: Tensor, factor: Tensor, norm: str, output_weight: float,
+    dp: Tensor,
+    dnorms: Optional[Tensor],  # noqa: UP045
+    grad: Tensor,
+    scores: Optional[Tensor],  # noqa: UP045
+    norms: Tensor,
+    coef: Tensor,
+    factor: Tensor,
+    norm: str,
+    output_weight: float,
 ) -> tuple[Tensor, Tensor]:
     dgrad = torch.empty_like(grad)
     target = L.rows_target(dgrad)
     g = L.like(grad, target)
     B, d = g.shape[0], g[0].numel()
-    block, tiles, n_chunks = C.chunking(d)
+    plan = C.plan(B, d, g.element_size())
     has_scores = scores is not None
     f = scores.contiguous() if has_scores else norms
     dnorms = dnorms.contiguous() if dnorms is not None else None
     dscores = torch.empty_like(f) if has_scores else norms.new_empty(0)
     with C.on_device(g):
-        _penalty_bwd_kernel[(B * n_chunks,)](
-            g, target, norms, coef, factor, dp, dnorms if dnorms is not None else norms, f, dscores,
+        _penalty_bwd_kernel[(plan.grid,)](
+            g,
+            target,
+            norms,
+            coef,
+            factor,
+            dp,
+            dnorms if dnorms is not None else norms,
+            f,
+            dscores,
             L.row_stride(g),
-            B, d, n_chunks, *C.split_float(output_weight),
-            NORM=C.NORM_IDS[norm], HAS_DNORMS=dnorms is not None, HAS_SCORES=has_scores,
-            BLOCK_SIZE=block, TILES=tiles, ACC=C.tl_acc(norms.dtype), num_warps=C.NUM_WARPS,
+            B,
+            d,
+            plan.n_chunks,
+            *C.split_float(output_weight),
+            NORM=C.NORM_IDS[norm],
+            HAS_DNORMS=dnorms is not None,
+            HAS_SCORES=has_scores,
+            ROWS=plan.rows,
+            BLOCK=plan.block,
+            TILES=plan.tiles,
+            ACC=C.tl_acc(norms.dtype),
+            num_warps=plan.warps,
         )
     if target is not dgrad:
         dgrad.copy_(target)
@@ -231,8 +494,9 @@ def _setup_context(ctx, inputs, output) -> None:
     _, norms, coef, factor = output
     ctx.save_for_backward(grad, scores, norms, coef, factor)
     ctx.norm, ctx.output_weight = norm, output_weight
-    ctx.settings = dict(norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction,
-                        output_weight=output_weight)
+    ctx.settings = dict(
+        norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction, output_weight=output_weight
+    )
     ctx.mark_non_differentiable(coef, factor)
     ctx.set_materialize_grads(False)
 
@@ -254,8 +518,14 @@ def _backward(ctx, dp, dnorms, _dcoef, _dfactor):
 
 @torch.library.custom_op("fastgp::penalty_fwd", mutates_args=())
 def penalty_fwd(
-    grad: Tensor, scores: Optional[Tensor], norm: str, constraint: str, center: float, weight: float,  # noqa: UP045
-    reduction: str, output_weight: float,
+    grad: Tensor,
+    scores: Optional[Tensor],  # noqa: UP045
+    norm: str,
+    constraint: str,
+    center: float,
+    weight: float,
+    reduction: str,
+    output_weight: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(P, norms, coef, factor)``; `scores` are the per-sample f (B,) or None (no output term)."""
     return _penalty_fwd(grad, scores, norm, constraint, center, weight, reduction, output_weight)
@@ -270,8 +540,15 @@ def _(grad, scores, norm, constraint, center, weight, reduction, output_weight):
 
 @torch.library.custom_op("fastgp::penalty_bwd", mutates_args=())
 def penalty_bwd(
-    dp: Tensor, dnorms: Optional[Tensor], grad: Tensor, scores: Optional[Tensor],  # noqa: UP045
-    norms: Tensor, coef: Tensor, factor: Tensor, norm: str, output_weight: float,
+    dp: Tensor,
+    dnorms: Optional[Tensor],  # noqa: UP045
+    grad: Tensor,
+    scores: Optional[Tensor],  # noqa: UP045
+    norms: Tensor,
+    coef: Tensor,
+    factor: Tensor,
+    norm: str,
+    output_weight: float,
 ) -> tuple[Tensor, Tensor]:
     """``(∂L/∂grad, ∂L/∂scores)``; the second is empty when `scores` is None."""
     return _penalty_bwd(dp, dnorms, grad, scores, norms, coef, factor, norm, output_weight)
