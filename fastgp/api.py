@@ -54,8 +54,14 @@ def _differentiate(
     if not x.requires_grad:
         x = x.detach().requires_grad_(True)
     out = validation.d_output(D(x, *args, **kwargs), x.shape[0])
-    scores = out if out.dim() == 1 else out.reshape(out.shape[0], -1).sum(dim=1)
-    total = scores.sum()
+    if out.numel() == out.shape[0]:
+        # One score per sample: differentiate the sum of D's output itself, so that no reshape lies on
+        # the path of the double backward; the scores are the output, or a view of it.
+        scores = out if out.dim() == 1 else out.reshape(out.shape[0])
+        total = out.sum()
+    else:
+        scores = out.reshape(out.shape[0], -1).sum(dim=1)
+        total = scores.sum()
     if scaler is not None:
         # PyTorch's AMP gradient-penalty recipe: differentiate the scaled scores so small fp16
         # gradients do not flush to zero, then unscale before the norm.
