@@ -19,6 +19,7 @@ the hand-written step (an MLP critic as in ``fastgp demo``, a small conv critic)
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -27,7 +28,7 @@ import torch
 
 from fastgp import _hosttime
 from fastgp.bench.cases import Case
-from fastgp.bench.measure import measure_host, synchronize
+from fastgp.bench.measure import HOST_TIMER, measure_host, summary, synchronize
 from fastgp.bench.providers import Prepared, Skip, backend_of, backend_skip_reason, build, provider_names
 from fastgp.bench.runner import environment
 
@@ -129,35 +130,42 @@ def run_goal(goal: Goal, device: torch.device, *, warmup_ms: float = 50.0, rep_m
         if prepared is not None:
             ready[provider] = prepared.run
     if ready:
-        timings = measure_host(ready, device, warmup_ms=warmup_ms, rep_ms=rep_ms)
+        samples = measure_host(ready, device, warmup_ms=warmup_ms, rep_ms=rep_ms)
         for row in rows:
-            if row.provider in timings:
-                t = timings[row.provider]
+            if row.provider in samples:
+                t = summary(samples[row.provider], HOST_TIMER)
                 row.host_us, row.host_p20_us, row.host_p80_us = t.median_ms * 1e3, t.p20_ms * 1e3, t.p80_ms * 1e3
                 row.reps = t.reps
-    _judge(goal, rows)
+        _judge(goal, rows, samples)
     return rows
 
 
-def _judge(goal: Goal, rows: Sequence[HostRow]) -> None:
-    by_name = {r.provider: r for r in rows if r.host_us is not None}
-    critic = by_name.get("critic")
-    for row in by_name.values():
-        if critic is not None and row is not critic:
-            row.overhead_us = row.host_us - critic.host_us
-    eager = by_name.get("eager")
-    if eager is None:
+def _judge(goal: Goal, rows: Sequence[HostRow], samples: dict[str, list[float]]) -> None:
+    """Ratios from the rounds' paired samples: on a shared machine, load that comes and goes then moves
+    the numerator and the denominator of each round alike."""
+    if "eager" not in samples:
         return
-    base = eager.host_us if critic is None else eager.overhead_us
-    what = "eager's host time" if critic is None else "eager's overhead beyond the critic"
-    for row in by_name.values():
-        if row is critic:
+    critic = samples.get("critic")
+    if critic is None:
+        base, what = None, "eager's host time"
+    else:
+        base, what = _median_overhead(samples["eager"], critic), "eager's overhead beyond the critic"
+    for row in rows:
+        if row.provider not in samples or row.provider == "critic":
             continue
-        mine = row.host_us if critic is None else row.overhead_us
-        row.ratio_vs_eager = mine / base if base and base > 0 else None
+        mine = samples[row.provider]
+        if critic is None:
+            row.ratio_vs_eager = statistics.median(a / b for a, b in zip(mine, samples["eager"], strict=True) if b > 0)
+        else:
+            row.overhead_us = _median_overhead(mine, critic) * 1e3
+            row.ratio_vs_eager = row.overhead_us / (base * 1e3) if base > 0 else None
         if backend_of(row.provider) in goal.backends:
             row.want = f"<= {goal.ratio:g}x {what}"
             row.met = row.ratio_vs_eager is not None and row.ratio_vs_eager <= goal.ratio
+
+
+def _median_overhead(times: Sequence[float], critic: Sequence[float]) -> float:
+    return statistics.median(a - b for a, b in zip(times, critic, strict=True))
 
 
 def run(

@@ -26,7 +26,8 @@ class Timing:
     timer: str
 
 
-def _summary(times_ms: Sequence[float], timer: str) -> Timing:
+def summary(times_ms: Sequence[float], timer: str) -> Timing:
+    """Median and 20th/80th percentiles of repeated timings (ms)."""
     qs = statistics.quantiles(times_ms, n=10, method="inclusive") if len(times_ms) > 1 else [times_ms[0]] * 9
     return Timing(statistics.median(times_ms), qs[1], qs[7], len(times_ms), timer)
 
@@ -46,7 +47,7 @@ def measure_cpu(
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
-    return _summary(times, "cpu perf_counter, median")
+    return summary(times, "cpu perf_counter, median")
 
 
 def _measure_cuda_events(fn: Callable[[], Any], warmup_ms: float, rep_ms: float) -> Timing:
@@ -73,7 +74,7 @@ def _measure_cuda_events(fn: Callable[[], Any], warmup_ms: float, rep_ms: float)
         fn()
         e.record()
     torch.cuda.synchronize()  # events are read only after the device has finished them
-    return _summary([s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)], "cuda events, median")
+    return summary([s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)], "cuda events, median")
 
 
 def measure(
@@ -89,7 +90,7 @@ def measure(
     except ImportError:
         return _measure_cuda_events(fn, warmup_ms, rep_ms)
     times = do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="all")
-    return _summary(times, "cuda events (triton.testing.do_bench), median")
+    return summary(times, "cuda events (triton.testing.do_bench), median")
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -181,13 +182,17 @@ def measure_cpu_interleaved(
             fn()
             times[name].append((time.perf_counter() - t0) * 1e3)
         rounds += 1
-    return {name: _summary(t, "cpu perf_counter, interleaved rounds, median") for name, t in times.items()}
+    return {name: summary(t, "cpu perf_counter, interleaved rounds, median") for name, t in times.items()}
+
+
+HOST_TIMER = "host CPU time per call (process_time, interleaved shuffled rounds), median"
 
 
 def measure_host(
     fns: dict[str, Callable[[], Any]], device: torch.device, *, warmup_ms: float = 50.0, rep_ms: float = 200.0
-) -> dict[str, Timing]:
-    """Median host CPU time per call of each of `fns`, in interleaved rounds of one call each.
+) -> dict[str, list[float]]:
+    """Host CPU time (ms) of one call of each of `fns` in every round: rounds of one call each, interleaved,
+    so that round k's samples were taken within moments of one another (`summary` makes them a `Timing`).
 
     The order is shuffled every round and the garbage collector paused, so that neither a position in
     the round nor a collection lands on one provider; the cost of reading the clock is subtracted. On
@@ -204,24 +209,21 @@ def measure_host(
     order = list(fns.items())
     shuffle = random.Random(0).shuffle
     stop = time.perf_counter() + rep_ms * len(fns) / 1e3
+    rounds = 0
     gc.collect()
     gc.disable()
     try:
-        while len(times[order[0][0]]) < 5 or (time.perf_counter() < stop and len(times[order[0][0]]) < 20_000):
+        while rounds < 5 or (time.perf_counter() < stop and rounds < 20_000):
             shuffle(order)
             for name, fn in order:
                 t0 = time.process_time_ns()
                 fn()
                 times[name].append(max(time.process_time_ns() - t0 - clock, 0) / 1e6)
             synchronize(device)
+            rounds += 1
     finally:
         gc.enable()
-    timer = "host CPU time per call (process_time, interleaved shuffled rounds), median"
-    out = {}
-    for name, t in times.items():
-        qs = statistics.quantiles(t, n=10, method="inclusive")
-        out[name] = Timing(statistics.median(t), qs[1], qs[7], len(t), timer)
-    return out
+    return times
 
 
 def _clock_cost_ns(reps: int = 2000) -> float:
