@@ -35,9 +35,9 @@ from fastgp.bench.runner import environment
 
 @dataclass(frozen=True)
 class Goal:
-    """`case` measured on `device` ("cpu" for the reference path's steps, else the run's device); its
-    fastgp rows of `backends` must cost the host at most `ratio` × the eager row (× its overhead beyond
-    the critic's own, for ``gradient_penalty``)."""
+    """`case`, timed on the run's device (on the CPU when `cpu`: the reference path's D steps): its fastgp
+    rows of `backends` must cost the host at most `ratio` × the eager row (for ``gradient_penalty``, the
+    overhead beyond the critic's own forward and backward, against eager's)."""
 
     name: str
     case: Case
