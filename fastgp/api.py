@@ -47,10 +47,27 @@ class PenaltyDetails:
     norms: Tensor
 
 
+def _inverse_scale(scaler: Any, device: torch.device) -> Tensor | None:
+    """``1/scale`` of a GradScaler as a 1-element tensor on `device`, None when it does not scale.
+
+    Read from the scaler's own device tensor (``torch.amp.GradScaler._scale``, set by its first
+    ``scale()`` call) so that no ``get_scale()`` host sync is added; a scaler without one (a
+    disabled GradScaler, or a look-alike) is asked for its scale as a number.
+    """
+    scale = getattr(scaler, "_scale", None)
+    if isinstance(scale, Tensor):
+        return scale.to(device=device, dtype=torch.float32).reciprocal()
+    value = float(scaler.get_scale())
+    return None if value == 1.0 else torch.full((1,), 1.0 / value, device=device)
+
+
 def _differentiate(
     D: Callable[..., Any], x: Tensor, args: tuple, kwargs: dict, *, scaler: Any = None, create_graph: bool = True
 ) -> tuple[Tensor, Tensor]:
-    """Scores ``f_i`` (sum of D's outputs for sample i) and ``g = ∂f/∂x`` in one forward pass."""
+    """Scores ``f_i`` (sum of D's outputs for sample i) and ``∂f/∂x`` in one forward pass.
+
+    With a GradScaler the gradient is that of the scaled scores: the caller unscales it (see
+    `_inverse_scale`)."""
     if not x.requires_grad:
         x = x.detach().requires_grad_(True)
     out = validation.d_output(D(x, *args, **kwargs), x.shape[0])
@@ -69,8 +86,6 @@ def _differentiate(
     (grad,) = torch.autograd.grad(total, x, create_graph=create_graph, allow_unused=True)
     if grad is None:
         raise ValueError("D's output does not depend on its input x (the gradient is None)")
-    if scaler is not None:
-        grad = grad * (1.0 / scaler.get_scale())
     if create_graph:
         training.check_critic(D, x, grad)
     return scores, grad
@@ -127,7 +142,8 @@ def gradient_penalty(
     `preset` fills in the settings of a named penalty (``fastgp.presets``); an argument given
     explicitly overrides it. ``D(x̂, *d_args, **d_kwargs)`` may return ``(B,)``, ``(B, 1)`` or
     ``(B, *T)`` (patch critics: ``f_i`` is the sum over ``T``). With a ``GradScaler`` the input
-    gradient is taken of the scaled scores and unscaled before the norm. Returns the scalar
+    gradient is taken of the scaled scores and unscaled by the norm as it reads it (the inverse
+    scale stays on the device: no host sync, no extra pass). Returns the scalar
     penalty (float32; float64 for float64), or ``(penalty, PenaltyDetails)``.
     """
     s = _settings(preset, points=points, norm=norm, constraint=constraint, center=center, weight=weight)
@@ -145,8 +161,12 @@ def gradient_penalty(
 
     x_hat, alpha = (pts, None) if own else ops.interpolate(real, fake, pts, seed)
     scores, grad = _differentiate(D, x_hat, args, kwargs, scaler=scaler)
-    penalty, norms = ops.penalty_from_grad(grad, scores=scores if ps["output_weight"] else None, **ps)
+    grad_scale = _inverse_scale(scaler, grad.device) if scaler is not None else None
+    unscale = {} if grad_scale is None else {"grad_scale": grad_scale}  # asked of a backend only with a scaler
+    penalty, norms = ops.penalty_from_grad(grad, scores=scores if ps["output_weight"] else None, **ps, **unscale)
     if return_details:
+        if grad_scale is not None:
+            grad = (grad * grad_scale).to(grad.dtype)
         return penalty, PenaltyDetails(x_hat, alpha, scores, grad, norms)
     return penalty
 

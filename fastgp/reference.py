@@ -100,13 +100,19 @@ def penalty_from_grad(
     reduction: str = "mean",
     scores: Tensor | None = None,
     output_weight: float = 0.0,
+    grad_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``P = λ · R_i h(n_i) + ε · mean_i f_i²`` (SPEC.md §3); returns `(P, norms)`.
 
     `R` is the batch mean or max (`amax` shares the gradient over tied maxima, as SPEC.md asks).
     The output term is skipped when `output_weight` is 0, so `scores` then gets no gradient.
+    `grad_scale`, a 1-element tensor ``s > 0`` (the inverse of a GradScaler's scale), makes
+    ``n_i`` the norm of ``s·g_i``, taken as ``s·‖g_i‖`` (every norm here is absolutely
+    homogeneous) so that no scaled copy of `grad` is made.
     """
     norms = grad_norms(grad, norm)
+    if grad_scale is not None:
+        norms = norms * grad_scale.to(norms.dtype)
     h = constraint_value(norms, constraint, center)
     penalty = weight * (h.mean() if reduction == "mean" else h.amax())
     if output_weight != 0.0 and scores is not None:

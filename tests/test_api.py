@@ -317,6 +317,32 @@ def test_scaler_unscales_the_input_gradient():
     torch.testing.assert_close(fastgp.gradient_penalty(D, real, fake, seed=3, scaler=disabled), plain)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_scaler_inverse_scale_stays_on_the_device(backend, monkeypatch):
+    """The fused norm unscales as it reads (no get_scale() host sync) and matches the old formula,
+    ``g · (1/get_scale())`` then the norm; details.grad is still the unscaled gradient."""
+    try:
+        fastgp.backend_for("cpu", backend)
+    except ValueError as why:
+        pytest.skip(str(why))
+    D = mlp(40)
+    real, fake = torch.randn(6, 40, dtype=torch.float64), torch.randn(6, 40, dtype=torch.float64)
+    scaler = torch.amp.GradScaler("cpu", init_scale=3000.0)  # not a power of two
+    scale = scaler.get_scale()
+    monkeypatch.setattr(scaler, "get_scale", lambda: pytest.fail("get_scale() syncs with the host"))
+    kw = dict(preset="max-margin", seed=4, backend=backend, return_details=True)
+    P, det = fastgp.gradient_penalty(D, real, fake, scaler=scaler, **kw)
+    (dP,) = torch.autograd.grad(P, D[0].weight)
+    x = det.x_hat.detach().requires_grad_()
+    (g,) = torch.autograd.grad(scaler.scale(D(x).sum()), x, create_graph=True)
+    old, norms = R.penalty_from_grad(g * (1.0 / scale), norm="linf", constraint="hinge", weight=20.0)
+    (dold,) = torch.autograd.grad(old, D[0].weight)
+    torch.testing.assert_close(P, old, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(det.norms, norms, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dP, dold, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(det.grad, (g * (1.0 / scale)).detach(), rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize("points", ["interpolate", "real", "fake", "dragan"])
 @pytest.mark.parametrize(
     "norm,constraint,reduction", [(n, c, r) for n in R.NORMS for c in R.CONSTRAINTS for r in R.REDUCTIONS]

@@ -94,6 +94,17 @@ def test_eager_calls_skip_the_custom_ops():
     assert not any("fastgp" in n for n in names), names
 
 
+def test_calls_autograd_does_not_record_run_the_launchers_alone():
+    g = torch.randn(3, 8, device=DEVICE)
+    s = torch.randn(3, device=DEVICE)
+    leaf = g.clone().requires_grad_()
+    with torch.no_grad():
+        recorded_off = ops.penalty_from_grad(leaf)
+    outputs = [*ops.penalty_from_grad(g), *recorded_off, ops.normalize(s, g), *ops.interpolate(g, g.flip(0), seed=3)]
+    assert all(t.grad_fn is None and not t.requires_grad for t in outputs)
+    torch.testing.assert_close(recorded_off, ops.penalty_from_grad(leaf))
+
+
 def test_compiled_head_traces_the_custom_ops_and_draws_fresh_alpha():
     seen = []
 

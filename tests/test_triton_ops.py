@@ -269,6 +269,22 @@ def test_nan_propagates_to_the_penalty_and_its_gradient(small_chunks, norm, cons
         assert dgrad.isnan().all() if reduction == "max" else not dgrad[[0, 2]].isnan().any()
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("norm", NORMS)
+def test_penalty_grad_scale_is_applied_as_it_loads(small_chunks, norm, dtype):
+    """`grad_scale` s: the norms of s·g and their gradients, as the unscale-first formula gives."""
+    grad = randn(4, 37, dtype=dtype, scale=3000.0)  # an AMP-scaled gradient
+    grad[0, [3, 30]] = grad[0].abs().max()  # linf ties across chunks
+    s = torch.full((), 1 / 3000.0, device=DEVICE)  # not a power of two: rounding must agree
+    kw = dict(norm=norm, constraint="hinge", center=0.5, reduction="max" if norm == "l1" else "mean")
+    check_penalty(grad, randn(4, dtype=dtype), output_weight=0.5, grad_scale=s, **kw)
+    g = leaf(grad, torch.float64)
+    ours = ops.penalty_from_grad(leaf(grad), grad_scale=s, **kw)
+    old = R.penalty_from_grad(g * s.double(), **kw)  # what the API computed before: unscale, then norm
+    assert_close("P", ours[0], old[0], old[0], dtype)
+    assert_close("norms", ours[1], old[1], old[1], dtype)
+
+
 def test_float16_large_gradients_do_not_overflow():
     grad = randn(2, 4096, dtype=torch.float16, scale=1e3)  # Σg² ~ 4e9, far above float16's 65504
     p, norms, dgrad, _ = check_penalty(grad, norm="l2", constraint="ls", center=1.0)
@@ -423,7 +439,8 @@ def test_interpolate_gradcheck():
 def _opcheck_cases():
     g = randn(2, 3, 5)
     s = randn(2)
-    _, norms, coef, factor = torch.ops.fastgp.penalty_fwd(g, s, "linf", "ls", 1.0, 2.0, "mean", 0.5)
+    inv = torch.full((), 0.25, device=DEVICE)
+    _, norms, coef, factor = torch.ops.fastgp.penalty_fwd(g, s, "linf", "ls", 1.0, 2.0, "mean", 0.5, inv)
     _, n2, f2 = torch.ops.fastgp.normalize_fwd(s, g, "pgn", "l2")
     alpha = torch.rand(2, device=DEVICE)
     seed = torch.full((1,), 3, dtype=torch.int64, device=DEVICE)
@@ -431,10 +448,14 @@ def _opcheck_cases():
         "interpolate": (torch.ops.fastgp.interpolate, (leaf(g), leaf(randn(2, 3, 5)), None, seed)),
         "interpolate_dragan": (torch.ops.fastgp.interpolate, (leaf(g), None, leaf(g.std()), seed)),
         "interpolate_bwd": (torch.ops.fastgp.interpolate_bwd, (g, alpha, seed, g, True, True, False)),
-        "penalty_fwd": (torch.ops.fastgp.penalty_fwd, (leaf(g), leaf(s), "l2", "hinge", 0.5, 2.0, "max", 0.5)),
+        "penalty_fwd": (torch.ops.fastgp.penalty_fwd, (leaf(g), leaf(s), "l2", "hinge", 0.5, 2.0, "max", 0.5, None)),
+        "penalty_fwd_scaled": (
+            torch.ops.fastgp.penalty_fwd,
+            (leaf(g), None, "linf", "squared_hinge", 0.5, 2.0, "mean", 0.0, inv),
+        ),
         "penalty_bwd": (
             torch.ops.fastgp.penalty_bwd,
-            (torch.ones((), device=DEVICE), norms, g, s, norms, coef, factor, "linf", 0.5),
+            (torch.ones((), device=DEVICE), norms, g, s, norms, coef, factor, "linf", 0.5, inv),
         ),
         "normalize_fwd": (torch.ops.fastgp.normalize_fwd, (leaf(s), leaf(g), "gn", "l1")),
         "normalize_bwd": (torch.ops.fastgp.normalize_bwd, (randn(2), s, g, n2, f2, "pgn", "l2")),
@@ -448,6 +469,7 @@ def _opcheck_cases():
         "interpolate_dragan",
         "interpolate_bwd",
         "penalty_fwd",
+        "penalty_fwd_scaled",
         "penalty_bwd",
         "normalize_fwd",
         "normalize_bwd",

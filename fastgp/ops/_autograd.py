@@ -1,11 +1,17 @@
-"""One differentiable fused op, two ways in, one backward.
+"""One fused op, three ways in, one backward.
 
-Eager calls go through a plain `torch.autograd.Function` (old style: `forward(ctx, ...)`, which
-costs the host less than a `setup_context` one and far less than a custom op's autograd wrapper).
-Under torch.compile the op's registered `torch.library.custom_op` is traced instead (opaque to the
-compiler, with fake shapes). Both run the same forward launcher, set the context up with the same
-function and share one backward; they differ only in the backward launcher that `ctx.bwd` names:
-the plain launcher eagerly, the registered backward op when traced.
+- Eager calls that autograd records go through a plain `torch.autograd.Function` (old style,
+  ``forward(ctx, ...)``: it costs the host far less than a custom op's autograd wrapper, and less
+  than a ``setup_context`` Function, which binds its arguments with `inspect` on every call).
+- Eager calls that autograd does not record (no differentiable input requires grad, or grad mode
+  is off) run the forward launcher alone.
+- Under torch.compile or a functorch transform the op's registered `torch.library.custom_op` is
+  called instead (opaque to the compiler, with fake shapes).
+
+The Function and the custom op set their context up with the same function and share one
+backward; they differ only in the backward launcher that ``ctx.bwd`` names (the plain launcher
+eagerly, the registered backward op when traced). The Function returns only the outputs the caller
+sees; the others (kept for the backward) stay on the context.
 """
 
 from __future__ import annotations
@@ -16,36 +22,50 @@ from typing import Any
 import torch
 
 
-def function(
-    name: str,
-    forward: Callable[..., Any],
-    backward_launcher: Callable[..., Any],
-    setup_context: Callable[[Any, tuple, Any], None],
-    backward: Callable[..., Any],
-) -> type[torch.autograd.Function]:
-    """The autograd.Function for eager calls: ``apply(*inputs)`` returns ``forward(*inputs)``."""
-
-    def forward_ctx(ctx: Any, *inputs: Any) -> Any:
-        output = forward(*inputs)
-        setup_context(ctx, inputs, output)
-        ctx.bwd = backward_launcher
-        return output
-
-    return type(
-        name, (torch.autograd.Function,), {"forward": staticmethod(forward_ctx), "backward": staticmethod(backward)}
-    )
+def traced() -> bool:
+    """True under torch.compile and functorch transforms, which need the registered custom op."""
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
 
 
-def register(
-    op: Any,
-    backward_op: Callable[..., Any],
-    setup_context: Callable[[Any, tuple, Any], None],
-    backward: Callable[..., Any],
-) -> None:
-    """Make the custom op `op` differentiable with the same context and backward."""
+class Fused:
+    """``fused(*inputs)``: the first `outputs` outputs of `forward(*inputs)`, differentiable in the
+    inputs at positions `differentiable` (see the module docstring for the way each call takes)."""
 
-    def setup(ctx: Any, inputs: tuple, output: Any) -> None:
-        setup_context(ctx, inputs, output)
-        ctx.bwd = backward_op
+    def __init__(
+        self,
+        name: str,
+        forward: Callable[..., tuple],
+        backward_launcher: Callable[..., Any],
+        op: Any,
+        backward_op: Callable[..., Any],
+        setup_context: Callable[[Any, tuple, Any], None],
+        backward: Callable[..., Any],
+        *,
+        outputs: int,
+        differentiable: tuple[int, ...],
+    ) -> None:
+        def forward_ctx(ctx: Any, *inputs: Any) -> tuple:
+            output = forward(*inputs)
+            setup_context(ctx, inputs, output)
+            ctx.bwd = backward_launcher
+            return output[:outputs]
 
-    op.register_autograd(backward, setup_context=setup)
+        def setup_op(ctx: Any, inputs: tuple, output: Any) -> None:
+            setup_context(ctx, inputs, output)
+            ctx.bwd = backward_op
+
+        op.register_autograd(backward, setup_context=setup_op)
+        self.function = type(
+            name, (torch.autograd.Function,), {"forward": staticmethod(forward_ctx), "backward": staticmethod(backward)}
+        )
+        self.forward, self.op, self.outputs, self.differentiable = forward, op, outputs, differentiable
+
+    def __call__(self, *inputs: Any) -> tuple:
+        if traced():
+            return self.op(*inputs)[: self.outputs]
+        if torch.is_grad_enabled():
+            for i in self.differentiable:
+                t = inputs[i]
+                if t is not None and t.requires_grad:
+                    return self.function.apply(*inputs)
+        return self.forward(*inputs)[: self.outputs]

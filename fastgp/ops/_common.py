@@ -7,15 +7,16 @@ Layout: see `fastgp._layout` (shared with the CUDA backend).
 from __future__ import annotations
 
 import contextlib
+import functools
 import struct
 import threading
-from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.runtime import driver
 
 from fastgp.reference import acc_dtype as acc_dtype  # one rule for every backend
 
@@ -51,12 +52,12 @@ _COUNTERS = _Counters()
 
 
 def stream_id(device: torch.device) -> int:
-    """The stream a launch on `device` goes to (0 on the CPU, where the interpreter runs it)."""
-    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    """The stream a launch on `device` goes to (0 on the CPU, where the interpreter runs it), as
+    Triton's driver reads it (without building a torch.cuda.Stream)."""
+    return driver.active.get_current_stream(device.index) if device.type == "cuda" else 0
 
 
-@contextlib.contextmanager
-def arrival_counter(device: torch.device) -> Iterator[Tensor]:
+class arrival_counter:
     """The int32 counter a one-launch reduction's programs arrive at, held for one launch.
 
     The counter is zero on entry and the last program to arrive resets it, so no zero-fill
@@ -77,25 +78,46 @@ def arrival_counter(device: torch.device) -> Iterator[Tensor]:
     A fresh zero-filled counter per call would be just as safe and cost a fill launch per call;
     a counter never reset, with tickets compared modulo the grid, is not safe in either case
     above (an interleaved or interrupted launch shifts every later ticket).
+
+    A class rather than a generator-based context manager: it costs the host a third as much.
     """
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        yield torch.zeros(1, dtype=torch.int32, device=device)
-        return
-    counters = _COUNTERS.by_stream
-    key = (device, stream_id(device))
-    counter = counters.get(key)
-    if counter is None:
-        counter = counters[key] = torch.zeros(1, dtype=torch.int32, device=device)
-    try:
-        yield counter
-    except BaseException:
-        counters.pop(key, None)
-        raise
+
+    __slots__ = ("_counter", "_key")
+
+    def __init__(self, device: torch.device) -> None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            self._key = None
+            self._counter = torch.zeros(1, dtype=torch.int32, device=device)
+            return
+        counters = _COUNTERS.by_stream
+        self._key = (device, stream_id(device))
+        counter = counters.get(self._key)
+        if counter is None:
+            counter = counters[self._key] = torch.zeros(1, dtype=torch.int32, device=device)
+        self._counter = counter
+
+    def __enter__(self) -> Tensor:
+        return self._counter
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None and self._key is not None:
+            _COUNTERS.by_stream.pop(self._key, None)
 
 
-def on_device(t: Tensor) -> contextlib.AbstractContextManager:
-    """Triton launches on the current CUDA device, not the tensor's: make them the same."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for ints (Triton's own is a constexpr function, ~1 µs per host call)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two ``>= n`` (1 for ``n <= 1``), for host code (see `cdiv`)."""
+    return 1 << (n - 1).bit_length() if n > 1 else 1
+
+
+def counter_if(counting: bool, device: torch.device, placeholder: Tensor) -> contextlib.AbstractContextManager:
+    """`arrival_counter(device)` for a launch whose programs count their arrivals, else
+    `placeholder` (a launch of one program, or with nothing to reduce, never reads it)."""
+    return arrival_counter(device) if counting else contextlib.nullcontext(placeholder)
 
 
 def tl_acc(dtype: torch.dtype) -> tl.dtype:
@@ -108,9 +130,9 @@ def chunking(d: int) -> tuple[int, int, int]:
 
     Short rows get one program each (block shrinks to the row); long rows are split.
     """
-    block = max(16, min(BLOCK_SIZE, triton.next_power_of_2(max(d, 1))))
-    tiles = max(1, min(TILES_PER_CHUNK, triton.cdiv(d, block)))
-    return block, tiles, max(1, triton.cdiv(d, block * tiles))
+    block = max(16, min(BLOCK_SIZE, next_power_of_2(max(d, 1))))
+    tiles = max(1, min(TILES_PER_CHUNK, cdiv(d, block)))
+    return block, tiles, max(1, cdiv(d, block * tiles))
 
 
 class Plan(NamedTuple):
@@ -134,17 +156,33 @@ class Plan(NamedTuple):
     @property
     def groups(self) -> int:
         """Programs along the batch: groups of ``rows`` rows."""
-        return triton.cdiv(self.batch, self.rows)
+        return cdiv(self.batch, self.rows)
 
     @property
     def grid(self) -> int:
         return self.groups * self.n_chunks
 
 
+_PLANS: dict[tuple[int, ...], Plan] = {}
+
+
 def plan(B: int, d: int, itemsize: int) -> Plan:
     """The cut of a (B, d) reduction for entries of `itemsize` bytes; a pure function of the
     shape and dtype, so the summation order (and the result) is the same on every call, and no
-    runtime autotuning can re-launch a kernel inside a CUDA-graph capture.
+    runtime autotuning can re-launch a kernel inside a CUDA-graph capture. Computed once per
+    shape (and setting of this module's defaults): the host cost of a call is a dict lookup.
+    """
+    key = (B, d, itemsize, BLOCK_SIZE, TILES_PER_CHUNK, NUM_WARPS, MIN_PROGRAMS, FINISH_TILE)
+    found = _PLANS.get(key)
+    if found is None:
+        if len(_PLANS) >= 4096:  # one per shape in practice; a process that sees many starts over
+            _PLANS.clear()
+        found = _PLANS[key] = _plan(B, d, itemsize)
+    return found
+
+
+def _plan(B: int, d: int, itemsize: int) -> Plan:
+    """`plan`, computed:
 
     - Short rows (d at most one 4 KB tile): many rows per program, a [rows, block] tile of at
       most 4 KB, and fewer warps when the whole batch is smaller (B=4096, d=2: eight programs of
@@ -156,22 +194,23 @@ def plan(B: int, d: int, itemsize: int) -> Plan:
     """
     block = max(2, BLOCK_SIZE * 4 // itemsize)
     if d <= block:
-        block = triton.next_power_of_2(max(d, 1))
-        rows = min(triton.next_power_of_2(B), max(1, (BLOCK_SIZE * 4 // itemsize) // block))
+        block = next_power_of_2(max(d, 1))
+        rows = min(next_power_of_2(B), max(1, (BLOCK_SIZE * 4 // itemsize) // block))
         tiles = n_chunks = 1
     else:
         rows = 1
-        tiles = min(TILES_PER_CHUNK, triton.cdiv(d, block))
-        while tiles > 1 and B * triton.cdiv(d, block * tiles) < MIN_PROGRAMS:
-            tiles = triton.cdiv(tiles, 2)
-        n_chunks = triton.cdiv(d, block * tiles)
+        tiles = min(TILES_PER_CHUNK, cdiv(d, block))
+        while tiles > 1 and B * cdiv(d, block * tiles) < MIN_PROGRAMS:
+            tiles = cdiv(tiles, 2)
+        n_chunks = cdiv(d, block * tiles)
     # Two 16-byte loads per thread per tile: the warps a 4 KB tile needs, fewer for a smaller one.
-    warps = min(NUM_WARPS, max(1, triton.next_power_of_2(rows * block * itemsize) // 1024))
-    fchunks = min(triton.next_power_of_2(n_chunks), FINISH_TILE)
-    frows = min(triton.next_power_of_2(B), max(1, FINISH_TILE // fchunks))
+    warps = min(NUM_WARPS, max(1, next_power_of_2(rows * block * itemsize) // 1024))
+    fchunks = min(next_power_of_2(n_chunks), FINISH_TILE)
+    frows = min(next_power_of_2(B), max(1, FINISH_TILE // fchunks))
     return Plan(B, rows, block, tiles, n_chunks, warps, frows, fchunks)
 
 
+@functools.lru_cache(maxsize=1024)  # weights and centres repeat call after call
 def split_float(x: float) -> tuple[float, float]:
     """``x`` as two float32 numbers ``hi + lo``.
 
@@ -218,6 +257,7 @@ def tile_partial(
     stride_row,
     start,
     d,
+    scale,
     NORM: tl.constexpr,
     ONE_MINUS: tl.constexpr,
     ROWS: tl.constexpr,
@@ -226,7 +266,7 @@ def tile_partial(
     ACC: tl.constexpr,
 ):
     """Partials ``([ROWS] value, [ROWS] int32 count)`` of entries ``[start, start + TILES·BLOCK)``
-    of a block of rows of g (or of 1 - g), read as [ROWS, BLOCK] tiles."""
+    of a block of rows of ``scale·g`` (or of ``1 - g``), read as [ROWS, BLOCK] tiles."""
     base = g_ptr + rows.to(tl.int64)[:, None] * stride_row
     acc = tl.zeros([ROWS, BLOCK], ACC)
     top = tl.full([ROWS, BLOCK], -1.0, ACC)  # per-lane running max of |g|; -1 below any |g|
@@ -234,7 +274,7 @@ def tile_partial(
     for t in range(TILES):
         cols = start + t * BLOCK + tl.arange(0, BLOCK)
         mask = row_mask[:, None] & (cols < d)[None, :]
-        x = tl.load(base + cols[None, :], mask=mask, other=0.0).to(ACC)
+        x = tl.load(base + cols[None, :], mask=mask, other=0.0).to(ACC) * scale
         if ONE_MINUS:
             x = tl.where(mask, 1.0 - x, 0.0)
         if NORM == 0:

@@ -47,21 +47,26 @@ _MAX_ENTRIES = 4096
 
 def _hooked(kernel: JITFunction) -> bool:
     """True when someone listens to launches (a profiler): only Triton's own path tells them."""
-    rt = triton.knobs.runtime
-    for hook in (rt.launch_enter_hook, rt.launch_exit_hook):
-        if hook is not None and getattr(hook, "calls", True):
+    for hook in (_RUNTIME.launch_enter_hook, _RUNTIME.launch_exit_hook):
+        if hook is not None and getattr(hook, "calls", True):  # a function, or a non-empty HookChain
             return True
     return bool(kernel.pre_run_hooks)
+
+
+_RUNTIME = triton.knobs.runtime if CACHED else None
 
 
 class Launcher:
     """Launches one Triton kernel on a 1-D grid: ``launcher(grid, *args, **meta)``.
 
     Runs on the device of the first argument (a tensor), switching the current CUDA device only
-    when it differs, and on that device's current stream.
+    when it differs, and on that device's current stream. `fixed` names the parameters whose
+    specialisation never changes from call to call, left out of the key (a few hundred ns each):
+    pointers that every call fills with a tensor it has just allocated (16-byte aligned) of a dtype
+    that follows from the other arguments, and ``do_not_specialize`` integers always in int32 range.
     """
 
-    def __init__(self, kernel: Any) -> None:
+    def __init__(self, kernel: Any, fixed: tuple[str, ...] = ()) -> None:
         self.kernel = kernel
         self.cached = CACHED and isinstance(kernel, JITFunction)
         self._cache: dict[tuple, tuple[Any, tuple]] = {}
@@ -71,7 +76,11 @@ class Launcher:
             # when every constexpr comes after the runtime parameters.
             if any(p.is_constexpr for p in kernel.params[: len(runtime)]):
                 raise TypeError(f"{kernel.__name__}: constexpr parameters must come last")
-            self._specialize = tuple(not p.do_not_specialize for p in runtime)
+            unknown = set(fixed) - {p.name for p in runtime}
+            if unknown:
+                raise TypeError(f"{kernel.__name__} has no parameters {sorted(unknown)}")
+            # (position, specialised) of every runtime argument that enters the key.
+            self._keyed = tuple((p.num, not p.do_not_specialize) for p in runtime if p.name not in fixed)
             self._constexprs = tuple(p for p in kernel.params if p.is_constexpr)
 
     def __call__(self, grid: int, *args: Any, **meta: Any) -> None:
@@ -83,8 +92,9 @@ class Launcher:
             self._launch(device, grid, args, meta)
 
     def _launch(self, device: int, grid: int, args: tuple, meta: dict[str, Any]) -> None:
-        if not self.cached or _hooked(self.kernel):
-            self.kernel[(grid,)](*args, **meta)
+        kernel = self.kernel
+        if not self.cached or _hooked(kernel):
+            kernel[(grid,)](*args, **meta)
             return
         active = driver.active
         if device < 0:  # CPU tensors: host-only launches (fastgp._hosttime)
@@ -95,18 +105,9 @@ class Launcher:
             self._compile(key, grid, args, meta)
             return
         compiled, constexprs = entry
+        stream = active.get_current_stream(device)
         compiled.run(
-            grid,
-            1,
-            1,
-            active.get_current_stream(device),
-            compiled.function,
-            compiled.packed_metadata,
-            None,
-            None,
-            None,
-            *args,
-            *constexprs,
+            grid, 1, 1, stream, compiled.function, compiled.packed_metadata, None, None, None, *args, *constexprs
         )
 
     def key(self, device: int, args: tuple, meta: dict[str, Any]) -> tuple:
@@ -116,7 +117,8 @@ class Launcher:
         Triton's classes), the others with their type only.
         """
         key: list = [device]
-        for a, specialize in zip(args, self._specialize, strict=True):
+        for i, specialize in self._keyed:
+            a = args[i]
             kind = a.__class__
             if kind is int:
                 key.append(a if specialize else _int_type(a))

@@ -181,13 +181,15 @@ def _interpolate_bwd_kernel(
 # ---------------------------------------------------------------------------------------------
 # Host side.
 
-_FWD = Launcher(_interpolate_fwd_kernel)
-_BWD = Launcher(_interpolate_bwd_kernel)
+# Always int32 (see `_rng_args`) and never specialised.
+_SEED_WORDS = ("seed_lo", "seed_hi", "base_lo", "base_hi")
+_FWD = Launcher(_interpolate_fwd_kernel, fixed=("x_hat_ptr", "alpha_ptr", *_SEED_WORDS))
+_BWD = Launcher(_interpolate_bwd_kernel, fixed=("dstd_part_ptr", *_SEED_WORDS))
 
 
 def _signed(x: int, bits: int) -> int:
     """An unsigned `bits`-bit word as the signed integer with the same bits."""
-    return x - 2**bits if x >= 2 ** (bits - 1) else x
+    return x - (1 << bits) if x >> (bits - 1) else x
 
 
 def _rng_args(rng: Rng, dummy: Tensor) -> tuple[Tensor, int, int, int, int]:
@@ -196,13 +198,15 @@ def _rng_args(rng: Rng, dummy: Tensor) -> tuple[Tensor, int, int, int, int]:
     if isinstance(rng, Tensor):
         return rng, 0, 0, 0, 0
     seed, base = rng
-    return dummy, *(_signed(w, 32) for w in (seed & 0xFFFFFFFF, seed >> 32, base & 0xFFFFFFFF, base >> 32))
+    m = 0xFFFFFFFF
+    return dummy, _signed(seed & m, 32), _signed(seed >> 32, 32), _signed(base & m, 32), _signed(base >> 32, 32)
 
 
 def rng_state(seed: int | None, device: torch.device, traced: bool = False) -> Rng:
     """Key and counter base of one call's draws on `device`, per the module docstring.
 
-    ``traced``: under torch.compile, where anything drawn on the host would be frozen into the graph.
+    ``traced``: for the custom op (torch.compile, functorch), which takes a device seed; under
+    torch.compile anything drawn on the host would be frozen into the graph.
     """
     if traced or (seed is None and device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
         if seed is None:
@@ -361,8 +365,17 @@ def _(dx_hat, alpha, seed, layout, dragan, need_real, need_fake):
     return out(need_real), out(need_fake), (alpha.new_empty(()) if dragan else alpha.new_empty(0))
 
 
-_Interpolate = _autograd.function("_Interpolate", _interpolate_fwd, _interpolate_bwd, _setup_context, _backward)
-_autograd.register(interpolate_fwd, interpolate_bwd, _setup_context, _backward)
+_INTERPOLATE = _autograd.Fused(
+    "_Interpolate",
+    _interpolate_fwd,
+    _interpolate_bwd,
+    interpolate_fwd,
+    interpolate_bwd,
+    _setup_context,
+    _backward,
+    outputs=2,
+    differentiable=(0, 1, 2),
+)
 
 
 def interpolate(
@@ -384,6 +397,5 @@ def interpolate(
     assert real is not None
     std = real.to(C.acc_dtype(real.dtype)).std() if points == "dragan" else None
     fake = None if points == "dragan" else fake
-    if torch.compiler.is_compiling():
-        return interpolate_fwd(real, fake, std, rng_state(seed, real.device, traced=True))
-    return _Interpolate.apply(real, fake, std, rng_state(seed, real.device))
+    x_hat, alpha = _INTERPOLATE(real, fake, std, rng_state(seed, real.device, traced=_autograd.traced()))
+    return x_hat, alpha

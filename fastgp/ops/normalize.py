@@ -13,8 +13,6 @@ gradient into `grad` is never detached: it carries the generator's signal.
 
 # No `from __future__ import annotations`: torch.library.custom_op reads the annotations at
 # runtime to infer the schema, and older torch releases cannot resolve strings.
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
@@ -25,6 +23,7 @@ from fastgp import reference as R
 from fastgp.ops import _autograd
 from fastgp.ops import _common as C
 from fastgp.ops._common import arrive, norm_direction, norm_factor, split_row_partials, tile_partial
+from fastgp.ops._launch import Launcher
 
 
 @triton.jit
@@ -89,6 +88,7 @@ def _normalize_fwd_kernel(
             stride_row,
             (pid % n_chunks) * (BLOCK * TILES),
             d,
+            1.0,
             NORM,
             PGN,
             1,
@@ -113,7 +113,7 @@ def _normalize_fwd_kernel(
         # Whole rows: no batch reduction, so no workspace, counter or atomic.
         rows = pid * ROWS + tl.arange(0, ROWS)
         mask = rows < B
-        value, count = tile_partial(g_ptr, rows, mask, stride_row, 0, d, NORM, PGN, ROWS, BLOCK, TILES, ACC)
+        value, count = tile_partial(g_ptr, rows, mask, stride_row, 0, d, 1.0, NORM, PGN, ROWS, BLOCK, TILES, ACC)
         _store_rows(value, count, rows, mask, f_ptr, out_ptr, norms_ptr, factor_ptr, NORM, PGN, ACC)
 
 
@@ -169,20 +169,30 @@ def _normalize_bwd_kernel(
 # Host side.
 
 
+_FWD = Launcher(
+    _normalize_fwd_kernel, fixed=("out_ptr", "part_ptr", "count_ptr", "counter_ptr", "norms_ptr", "factor_ptr")
+)
+_BWD = Launcher(_normalize_bwd_kernel, fixed=("dg_ptr", "df_ptr", "norms_ptr", "factor_ptr"))
+
+
 def _normalize_fwd(scores: Tensor, grad: Tensor, mode: str, norm: str) -> tuple[Tensor, Tensor, Tensor]:
     g = L.as_rows(grad)
-    B, d = g.shape[0], g[0].numel()
+    B = g.shape[0]
+    d = g.numel() // B
+    dev = g.device
     acc = C.acc_dtype(scores.dtype, grad.dtype)
     f = scores.reshape(-1).contiguous()
     out = torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)
     plan = C.plan(B, d, g.element_size())
+    grid = plan.grid
     split = plan.n_chunks > 1
-    part = torch.empty(plan.grid if split else 1, dtype=acc, device=g.device)
-    count = torch.empty(plan.grid if split and norm == "linf" else 1, dtype=torch.int32, device=g.device)
-    norms, factor = (torch.empty(B, dtype=acc, device=g.device) for _ in range(2))
-    counter = C.arrival_counter(g.device) if split else contextlib.nullcontext(count)
-    with C.on_device(g), counter as counter:
-        _normalize_fwd_kernel[(plan.grid,)](
+    part = torch.empty(grid if split else 1, dtype=acc, device=dev)
+    count = torch.empty(grid if split and norm == "linf" else 1, dtype=torch.int32, device=dev)
+    norms = torch.empty(B, dtype=acc, device=dev)
+    factor = torch.empty_like(norms)
+    with C.counter_if(split, dev, count) as counter:
+        _FWD(
+            grid,
             g,
             f,
             out,
@@ -215,31 +225,33 @@ def _normalize_bwd(
     dgrad = torch.empty_like(grad)
     target = L.rows_target(dgrad)
     g = L.like(grad, target)
-    B, d = g.shape[0], g[0].numel()
+    B = g.shape[0]
+    d = g.numel() // B
     f = scores.reshape(-1).contiguous()
     dscores = torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)
     plan = C.plan(B, d, g.element_size())
-    with C.on_device(g):
-        _normalize_bwd_kernel[(plan.grid,)](
-            g,
-            target,
-            f,
-            dscores,
-            dout.reshape(-1).contiguous(),
-            norms,
-            factor,
-            L.row_stride(g),
-            B,
-            d,
-            plan.n_chunks,
-            NORM=C.NORM_IDS[norm],
-            PGN=mode == "pgn",
-            ROWS=plan.rows,
-            BLOCK=plan.block,
-            TILES=plan.tiles,
-            ACC=C.tl_acc(norms.dtype),
-            num_warps=plan.warps,
-        )
+    grid = plan.grid
+    _BWD(
+        grid,
+        g,
+        target,
+        f,
+        dscores,
+        dout.reshape(-1).contiguous(),
+        norms,
+        factor,
+        L.row_stride(g),
+        B,
+        d,
+        plan.n_chunks,
+        NORM=C.NORM_IDS[norm],
+        PGN=mode == "pgn",
+        ROWS=plan.rows,
+        BLOCK=plan.block,
+        TILES=plan.tiles,
+        ACC=C.tl_acc(norms.dtype),
+        num_warps=plan.warps,
+    )
     if target is not dgrad:
         dgrad.copy_(target)
     return dscores, dgrad
@@ -253,21 +265,20 @@ def _normalize_bwd(
 def _setup_context(ctx, inputs, output) -> None:
     scores, grad, mode, norm = inputs
     _, norms, factor = output
-    ctx.save_for_backward(scores, grad, norms, factor)
-    ctx.mode, ctx.norm = mode, norm
-    ctx.mark_non_differentiable(norms, factor)
+    ctx.save_for_backward(scores, grad, norms)
+    ctx.factor, ctx.mode, ctx.norm = factor, mode, norm  # internal: never returned eagerly
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, dout, _dnorms, _dfactor):
-    scores, grad, norms, factor = ctx.saved_tensors
+def _backward(ctx, dout, *_):
+    scores, grad, norms = ctx.saved_tensors
     if dout is None:
         return None, None, None, None
     if torch.is_grad_enabled():
         # create_graph=True: differentiate the reference's formula (see penalty.py's backward).
         dscores, dgrad = R.vjp(lambda f, g: (R.normalize(f, g, ctx.mode, ctx.norm),), (scores, grad), (dout,))
         return dscores, dgrad, None, None
-    dscores, dgrad = ctx.bwd(dout, scores, grad, norms, factor, ctx.mode, ctx.norm)
+    dscores, dgrad = ctx.bwd(dout, scores, grad, norms, ctx.factor, ctx.mode, ctx.norm)
     return dscores, dgrad, None, None
 
 
@@ -297,8 +308,17 @@ def _(dout, scores, grad, norms, factor, mode, norm):
     return scores.new_empty(scores.shape), torch.empty_like(grad)
 
 
-_Normalize = _autograd.function("_Normalize", _normalize_fwd, _normalize_bwd, _setup_context, _backward)
-_autograd.register(normalize_fwd, normalize_bwd, _setup_context, _backward)
+_NORMALIZE = _autograd.Fused(
+    "_Normalize",
+    _normalize_fwd,
+    _normalize_bwd,
+    normalize_fwd,
+    normalize_bwd,
+    _setup_context,
+    _backward,
+    outputs=1,
+    differentiable=(0, 1),
+)
 
 
 def normalize(scores: Tensor, grad: Tensor, mode: str = "gn", norm: str = "l2") -> Tensor:
@@ -308,5 +328,4 @@ def normalize(scores: Tensor, grad: Tensor, mode: str = "gn", norm: str = "l2") 
     denominator is 0, NaN stays NaN, shape and dtype of `scores`. Differentiable in `scores` and
     `grad`. One Triton launch forward, one backward.
     """
-    fwd = normalize_fwd if torch.compiler.is_compiling() else _Normalize.apply
-    return fwd(scores, grad, mode, norm)[0]
+    return _NORMALIZE(scores, grad, mode, norm)[0]

@@ -32,6 +32,7 @@ from fastgp.ops._common import (
     tile_partial,
     top_ties,
 )
+from fastgp.ops._launch import Launcher
 
 CONSTRAINT_IDS = {"ls": 0, "hinge": 1, "squared_hinge": 2}
 
@@ -68,6 +69,7 @@ def _store_rows(
     B,
     center,
     weight,
+    scale,
     NORM: tl.constexpr,
     CONSTRAINT: tl.constexpr,
     MAX: tl.constexpr,
@@ -76,11 +78,12 @@ def _store_rows(
 ):
     """Norms, factors and coefficients ``λ/B · h'(n_i)`` of a block of rows from their reduced
     partials (``h`` for now under MAX: the coefficient needs the batch's max). Returns the rows'
-    ``h`` (-1 on masked rows under MAX, below any h; else 0) and ``f_i²`` (0 without scores)."""
+    ``h`` (-1 on masked rows under MAX, below any h; else 0) and ``f_i²`` (0 without scores).
+    The norms are those of ``s·g``, so the factor, ∂n/∂g's, carries ``s``."""
     n, factor = norm_factor(value, count, NORM, ACC)
     h, dh = _constraint(n - center, CONSTRAINT)
     tl.store(norms_ptr + rows, n, mask=row_mask)
-    tl.store(factor_ptr + rows, factor, mask=row_mask)
+    tl.store(factor_ptr + rows, factor * scale, mask=row_mask)  # ∂(s·g)/∂g = s
     tl.store(coef_ptr + rows, h if MAX else weight / B * dh, mask=row_mask)
     f2 = tl.zeros(n.shape, ACC)
     if HAS_SCORES:
@@ -146,6 +149,7 @@ def _penalty_fwd_kernel(
     norms_ptr,
     coef_ptr,
     factor_ptr,
+    scale_ptr,
     stride_row,
     B,
     d,
@@ -160,6 +164,7 @@ def _penalty_fwd_kernel(
     CONSTRAINT: tl.constexpr,
     MAX: tl.constexpr,
     HAS_SCORES: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
     TILES: tl.constexpr,
@@ -175,6 +180,9 @@ def _penalty_fwd_kernel(
     center = tl.cast(center_hi, ACC) + tl.cast(center_lo, ACC)
     weight = tl.cast(weight_hi, ACC) + tl.cast(weight_lo, ACC)
     eps = tl.cast(eps_hi, ACC) + tl.cast(eps_lo, ACC)
+    scale = 1.0
+    if HAS_SCALE:
+        scale = tl.load(scale_ptr).to(ACC)
     if SPLIT:
         # Split rows (ROWS = 1): reduce one chunk into the workspace; the last program to arrive
         # reduces every row's partials and writes everything.
@@ -186,6 +194,7 @@ def _penalty_fwd_kernel(
             stride_row,
             (pid % n_chunks) * (BLOCK * TILES),
             d,
+            scale,
             NORM,
             False,
             1,
@@ -221,6 +230,7 @@ def _penalty_fwd_kernel(
                     B,
                     center,
                     weight,
+                    scale,
                     NORM,
                     CONSTRAINT,
                     MAX,
@@ -253,7 +263,7 @@ def _penalty_fwd_kernel(
         # partial of the batch reduction (Σh or max h with its ties, Σf²) for the last program.
         rows = pid * ROWS + tl.arange(0, ROWS)
         mask = rows < B
-        value, count = tile_partial(g_ptr, rows, mask, stride_row, 0, d, NORM, False, ROWS, BLOCK, TILES, ACC)
+        value, count = tile_partial(g_ptr, rows, mask, stride_row, 0, d, scale, NORM, False, ROWS, BLOCK, TILES, ACC)
         h, f2_rows = _store_rows(
             value,
             count,
@@ -266,6 +276,7 @@ def _penalty_fwd_kernel(
             B,
             center,
             weight,
+            scale,
             NORM,
             CONSTRAINT,
             MAX,
@@ -332,6 +343,7 @@ def _penalty_bwd_kernel(
     dnorms_ptr,
     f_ptr,
     df_ptr,
+    scale_ptr,
     stride_row,
     B,
     d,
@@ -341,6 +353,7 @@ def _penalty_bwd_kernel(
     NORM: tl.constexpr,
     HAS_DNORMS: tl.constexpr,
     HAS_SCORES: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
     ROWS: tl.constexpr,
     BLOCK: tl.constexpr,
     TILES: tl.constexpr,
@@ -351,6 +364,8 @@ def _penalty_bwd_kernel(
     rows = (pid // n_chunks) * ROWS + tl.arange(0, ROWS)
     row_mask = rows < B
     dp = tl.load(dp_ptr).to(ACC)
+    if HAS_SCALE:
+        s = tl.load(scale_ptr).to(ACC)
     # ∂L/∂n_i: through P, plus the norms' own incoming gradient when they were used downstream.
     dn = tl.load(coef_ptr + rows, mask=row_mask, other=0.0) * dp
     if HAS_DNORMS:
@@ -362,6 +377,8 @@ def _penalty_bwd_kernel(
         cols = chunk * (BLOCK * TILES) + t * BLOCK + tl.arange(0, BLOCK)
         mask = row_mask[:, None] & (cols < d)[None, :]
         x = tl.load(g_ptr + offsets + cols[None, :], mask=mask, other=0.0).to(ACC)
+        if HAS_SCALE:  # the direction at s·g, rounded as the forward rounded it (linf's ties)
+            x = x * s
         dx = scale * norm_direction(x, n, NORM)
         tl.store(dg_ptr + offsets + cols[None, :], dx.to(dg_ptr.dtype.element_ty), mask=mask)
     if HAS_SCORES:  # noqa: SIM102 (compile-time test outside, runtime test inside)
@@ -375,6 +392,13 @@ def _penalty_bwd_kernel(
 # Host side: reshape to rows, allocate, launch.
 
 
+_FWD = Launcher(
+    _penalty_fwd_kernel,
+    fixed=("part_ptr", "count_ptr", "counter_ptr", "penalty_ptr", "norms_ptr", "coef_ptr", "factor_ptr"),
+)
+_BWD = Launcher(_penalty_bwd_kernel, fixed=("dg_ptr", "norms_ptr", "coef_ptr", "factor_ptr", "df_ptr"))
+
+
 def _penalty_fwd(
     grad: Tensor,
     scores: Optional[Tensor],  # noqa: UP045
@@ -384,22 +408,28 @@ def _penalty_fwd(
     weight: float,
     reduction: str,
     output_weight: float,
+    grad_scale: Optional[Tensor],  # noqa: UP045
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     g = L.as_rows(grad)
-    B, d = g.shape[0], g[0].numel()
+    B = g.shape[0]
+    d = g.numel() // B
+    dev = g.device
     acc = C.acc_dtype(grad.dtype)
     plan = C.plan(B, d, g.element_size())
+    grid = plan.grid
     is_max = reduction == "max"
     # Workspace: a partial per chunk (split rows), else Σh or max h (with its ties) and Σf² per program.
-    part = torch.empty(plan.grid * (1 if plan.n_chunks > 1 else 2), dtype=acc, device=g.device)
+    part = torch.empty(grid * (1 if plan.n_chunks > 1 else 2), dtype=acc, device=dev)
     ties = norm == "linf" if plan.n_chunks > 1 else is_max
-    count = torch.empty(plan.grid if ties else 1, dtype=torch.int32, device=g.device)
-    penalty = torch.empty((), dtype=acc, device=g.device)
-    norms, coef, factor = (torch.empty(B, dtype=acc, device=g.device) for _ in range(3))
+    count = torch.empty(grid if ties else 1, dtype=torch.int32, device=dev)
+    penalty = torch.empty((), dtype=acc, device=dev)
+    norms = torch.empty(B, dtype=acc, device=dev)
+    coef, factor = torch.empty_like(norms), torch.empty_like(norms)
     has_scores = scores is not None
     f = scores.contiguous() if has_scores else penalty
-    with C.on_device(g), C.arrival_counter(g.device) as counter:
-        _penalty_fwd_kernel[(plan.grid,)](
+    with C.counter_if(grid > 1, dev, count) as counter:
+        _FWD(
+            grid,
             g,
             part,
             count,
@@ -409,6 +439,7 @@ def _penalty_fwd(
             norms,
             coef,
             factor,
+            grad_scale if grad_scale is not None else penalty,
             L.row_stride(g),
             B,
             d,
@@ -420,6 +451,7 @@ def _penalty_fwd(
             CONSTRAINT=CONSTRAINT_IDS[constraint],
             MAX=is_max,
             HAS_SCORES=has_scores,
+            HAS_SCALE=grad_scale is not None,
             ROWS=plan.rows,
             BLOCK=plan.block,
             TILES=plan.tiles,
@@ -427,7 +459,7 @@ def _penalty_fwd(
             FCHUNKS=plan.fchunks,
             FINISH=C.FINISH_TILE,
             SPLIT=plan.n_chunks > 1,
-            ARRIVE=plan.grid > 1,
+            ARRIVE=grid > 1,
             ACC=C.tl_acc(acc),
             num_warps=plan.warps,
         )
@@ -444,41 +476,46 @@ def _penalty_bwd(
     factor: Tensor,
     norm: str,
     output_weight: float,
+    grad_scale: Optional[Tensor],  # noqa: UP045
 ) -> tuple[Tensor, Tensor]:
     dgrad = torch.empty_like(grad)
     target = L.rows_target(dgrad)
     g = L.like(grad, target)
-    B, d = g.shape[0], g[0].numel()
+    B = g.shape[0]
+    d = g.numel() // B
     plan = C.plan(B, d, g.element_size())
+    grid = plan.grid
     has_scores = scores is not None
     f = scores.contiguous() if has_scores else norms
     dnorms = dnorms.contiguous() if dnorms is not None else None
     dscores = torch.empty_like(f) if has_scores else norms.new_empty(0)
-    with C.on_device(g):
-        _penalty_bwd_kernel[(plan.grid,)](
-            g,
-            target,
-            norms,
-            coef,
-            factor,
-            dp,
-            dnorms if dnorms is not None else norms,
-            f,
-            dscores,
-            L.row_stride(g),
-            B,
-            d,
-            plan.n_chunks,
-            *C.split_float(output_weight),
-            NORM=C.NORM_IDS[norm],
-            HAS_DNORMS=dnorms is not None,
-            HAS_SCORES=has_scores,
-            ROWS=plan.rows,
-            BLOCK=plan.block,
-            TILES=plan.tiles,
-            ACC=C.tl_acc(norms.dtype),
-            num_warps=plan.warps,
-        )
+    _BWD(
+        grid,
+        g,
+        target,
+        norms,
+        coef,
+        factor,
+        dp,
+        dnorms if dnorms is not None else norms,
+        f,
+        dscores,
+        grad_scale if grad_scale is not None else norms,
+        L.row_stride(g),
+        B,
+        d,
+        plan.n_chunks,
+        *C.split_float(output_weight),
+        NORM=C.NORM_IDS[norm],
+        HAS_DNORMS=dnorms is not None,
+        HAS_SCORES=has_scores,
+        HAS_SCALE=grad_scale is not None,
+        ROWS=plan.rows,
+        BLOCK=plan.block,
+        TILES=plan.tiles,
+        ACC=C.tl_acc(norms.dtype),
+        num_warps=plan.warps,
+    )
     if target is not dgrad:
         dgrad.copy_(target)
     return dgrad, dscores
@@ -490,30 +527,29 @@ def _penalty_bwd(
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    grad, scores, norm, constraint, center, weight, reduction, output_weight = inputs
+    grad, scores, *settings, grad_scale = inputs
     _, norms, coef, factor = output
-    ctx.save_for_backward(grad, scores, norms, coef, factor)
-    ctx.norm, ctx.output_weight = norm, output_weight
-    ctx.settings = dict(
-        norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction, output_weight=output_weight
-    )
-    ctx.mark_non_differentiable(coef, factor)
+    ctx.save_for_backward(grad, scores, norms, grad_scale)
+    ctx.coef, ctx.factor, ctx.settings = coef, factor, settings  # internal: never returned eagerly
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, dp, dnorms, _dcoef, _dfactor):
-    grad, scores, norms, coef, factor = ctx.saved_tensors
+def _backward(ctx, dp, dnorms, *_):
+    grad, scores, norms, grad_scale = ctx.saved_tensors
+    norm, constraint, center, weight, reduction, output_weight = ctx.settings
     if torch.is_grad_enabled():
         # create_graph=True (a Hessian-vector product, a GN critic inside a penalty): the fused
         # backward has no derivative of its own, so differentiate the reference's formula instead.
-        dgrad, dscores = R.vjp(
-            lambda g, f: R.penalty_from_grad(g, scores=f, **ctx.settings), (grad, scores), (dp, dnorms)
-        )
-        return dgrad, dscores, None, None, None, None, None, None
+        def formula(g: Tensor, f: Tensor | None) -> tuple[Tensor, Tensor]:
+            kw = dict(norm=norm, constraint=constraint, center=center, weight=weight, reduction=reduction)
+            return R.penalty_from_grad(g, scores=f, output_weight=output_weight, grad_scale=grad_scale, **kw)
+
+        dgrad, dscores = R.vjp(formula, (grad, scores), (dp, dnorms))
+        return dgrad, dscores, *([None] * 7)
     if dp is None:
         dp = torch.zeros((), dtype=norms.dtype, device=norms.device)
-    dgrad, dscores = ctx.bwd(dp, dnorms, grad, scores, norms, coef, factor, ctx.norm, ctx.output_weight)
-    return dgrad, (dscores if scores is not None else None), None, None, None, None, None, None
+    dgrad, dscores = ctx.bwd(dp, dnorms, grad, scores, norms, ctx.coef, ctx.factor, norm, output_weight, grad_scale)
+    return dgrad, (dscores if scores is not None else None), *([None] * 7)
 
 
 @torch.library.custom_op("fastgp::penalty_fwd", mutates_args=())
@@ -526,13 +562,15 @@ def penalty_fwd(
     weight: float,
     reduction: str,
     output_weight: float,
+    grad_scale: Optional[Tensor],  # noqa: UP045
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(P, norms, coef, factor)``; `scores` are the per-sample f (B,) or None (no output term)."""
-    return _penalty_fwd(grad, scores, norm, constraint, center, weight, reduction, output_weight)
+    """``(P, norms, coef, factor)``; `scores` are the per-sample f (B,) or None (no output term);
+    `grad_scale` a 1-element factor s applied to `grad` (the norms are those of s·grad), or None."""
+    return _penalty_fwd(grad, scores, norm, constraint, center, weight, reduction, output_weight, grad_scale)
 
 
 @penalty_fwd.register_fake
-def _(grad, scores, norm, constraint, center, weight, reduction, output_weight):
+def _(grad, scores, norm, constraint, center, weight, reduction, output_weight, grad_scale):
     acc = C.acc_dtype(grad.dtype)
     B = grad.shape[0]
     return (grad.new_empty((), dtype=acc), *(grad.new_empty(B, dtype=acc) for _ in range(3)))
@@ -549,18 +587,28 @@ def penalty_bwd(
     factor: Tensor,
     norm: str,
     output_weight: float,
+    grad_scale: Optional[Tensor],  # noqa: UP045
 ) -> tuple[Tensor, Tensor]:
     """``(∂L/∂grad, ∂L/∂scores)``; the second is empty when `scores` is None."""
-    return _penalty_bwd(dp, dnorms, grad, scores, norms, coef, factor, norm, output_weight)
+    return _penalty_bwd(dp, dnorms, grad, scores, norms, coef, factor, norm, output_weight, grad_scale)
 
 
 @penalty_bwd.register_fake
-def _(dp, dnorms, grad, scores, norms, coef, factor, norm, output_weight):
+def _(dp, dnorms, grad, scores, norms, coef, factor, norm, output_weight, grad_scale):
     return torch.empty_like(grad), (torch.empty_like(scores) if scores is not None else norms.new_empty(0))
 
 
-_Penalty = _autograd.function("_Penalty", _penalty_fwd, _penalty_bwd, _setup_context, _backward)
-_autograd.register(penalty_fwd, penalty_bwd, _setup_context, _backward)
+_PENALTY = _autograd.Fused(
+    "_Penalty",
+    _penalty_fwd,
+    _penalty_bwd,
+    penalty_fwd,
+    penalty_bwd,
+    _setup_context,
+    _backward,
+    outputs=2,
+    differentiable=(0, 1),
+)
 
 
 def penalty_from_grad(
@@ -573,6 +621,7 @@ def penalty_from_grad(
     reduction: str = "mean",
     scores: Tensor | None = None,
     output_weight: float = 0.0,
+    grad_scale: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """``P = λ · R_i h(n_i) + ε · mean_i f_i²`` (SPEC.md §3), fused; returns `(P, norms)`.
 
@@ -580,12 +629,15 @@ def penalty_from_grad(
     ``h`` is ls/hinge/squared_hinge around `center`, ``n_i`` the l2/l1/linf norm of sample i's
     gradient, ``f_i`` the sum of sample i's scores. Differentiable in `grad` and, when
     `output_weight` is not 0, in `scores`. One Triton launch forward, one backward (plus a
-    per-sample sum in PyTorch when `scores` has more than one entry per sample).
+    per-sample sum in PyTorch when `scores` has more than one entry per sample). `grad_scale`
+    (a 1-element tensor s, e.g. the inverse of a GradScaler's scale) makes the norms those of
+    ``s·grad``: the kernel multiplies as it loads, with no extra pass and no host sync.
     """
     f = None
     if output_weight != 0.0 and scores is not None:
         f = scores.reshape(scores.shape[0], -1)
         f = f[:, 0] if f.shape[1] == 1 else f.to(C.acc_dtype(grad.dtype)).sum(dim=1)
-    fwd = penalty_fwd if torch.compiler.is_compiling() else _Penalty.apply
-    penalty, norms, _, _ = fwd(grad, f, norm, constraint, float(center), float(weight), reduction, float(output_weight))
+    penalty, norms = _PENALTY(
+        grad, f, norm, constraint, float(center), float(weight), reduction, float(output_weight), grad_scale
+    )
     return penalty, norms
