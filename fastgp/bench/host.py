@@ -116,7 +116,9 @@ def _prepare_row(goal: Goal, provider: str, device: torch.device) -> tuple[HostR
     return row, prepared
 
 
-def run_goal(goal: Goal, device: torch.device, *, warmup_ms: float = 50.0, rep_ms: float = 200.0) -> list[HostRow]:
+def run_goal(
+    goal: Goal, device: torch.device, *, warmup_ms: float = 50.0, rep_ms: float = 200.0, min_rounds: int = 5
+) -> list[HostRow]:
     """Check and time every provider of `goal`'s case, then judge its fastgp rows against the goal."""
     device = torch.device("cpu") if goal.cpu else device
     # The reference path's steps: eager and the backend the goal is about, nothing the CPU would only pretend.
@@ -130,7 +132,7 @@ def run_goal(goal: Goal, device: torch.device, *, warmup_ms: float = 50.0, rep_m
         if prepared is not None:
             ready[provider] = prepared.run
     if ready:
-        samples = measure_host(ready, device, warmup_ms=warmup_ms, rep_ms=rep_ms)
+        samples = measure_host(ready, device, warmup_ms=warmup_ms, rep_ms=rep_ms, min_rounds=min_rounds)
         for row in rows:
             if row.provider in samples:
                 t = summary(samples[row.provider], HOST_TIMER)
@@ -174,6 +176,7 @@ def run(
     goals: Sequence[Goal] = GOALS,
     warmup_ms: float = 50.0,
     rep_ms: float = 200.0,
+    min_rounds: int = 5,
     quick: bool = False,
 ) -> dict[str, Any]:
     """Every goal on `device` (the D steps on the CPU): the JSON-ready host-time results.
@@ -184,7 +187,9 @@ def run(
     device = torch.device(device)
     flush = torch.set_flush_denormal(True)
     try:
-        rows = [r for g in goals for r in run_goal(g, device, warmup_ms=warmup_ms, rep_ms=rep_ms)]
+        rows = [
+            r for g in goals for r in run_goal(g, device, warmup_ms=warmup_ms, rep_ms=rep_ms, min_rounds=min_rounds)
+        ]
     finally:
         if flush:
             torch.set_flush_denormal(False)
@@ -196,6 +201,7 @@ def run(
             "quick": quick,
             "warmup_ms": warmup_ms,
             "rep_ms": rep_ms,
+            "min_rounds": min_rounds,
             "host_only_launches": _hosttime.enabled(),
             "torch_threads": torch.get_num_threads(),
             "flush_denormal": flush,

@@ -189,10 +189,16 @@ HOST_TIMER = "host CPU time per call (process_time, interleaved shuffled rounds)
 
 
 def measure_host(
-    fns: dict[str, Callable[[], Any]], device: torch.device, *, warmup_ms: float = 50.0, rep_ms: float = 200.0
+    fns: dict[str, Callable[[], Any]],
+    device: torch.device,
+    *,
+    warmup_ms: float = 50.0,
+    rep_ms: float = 200.0,
+    min_rounds: int = 5,
 ) -> dict[str, list[float]]:
     """Host CPU time (ms) of one call of each of `fns` in every round: rounds of one call each, interleaved,
     so that round k's samples were taken within moments of one another (`summary` makes them a `Timing`).
+    At least `min_rounds` rounds, more while the rounds have taken less than `rep_ms` per function.
 
     The order is shuffled every round and the garbage collector paused, so that neither a position in
     the round nor a collection lands on one provider; the cost of reading the clock is subtracted. On
@@ -213,7 +219,7 @@ def measure_host(
     gc.collect()
     gc.disable()
     try:
-        while rounds < 5 or (time.perf_counter() < stop and rounds < 20_000):
+        while rounds < min_rounds or (time.perf_counter() < stop and rounds < 20_000):
             shuffle(order)
             for name, fn in order:
                 t0 = time.process_time_ns()

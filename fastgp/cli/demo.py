@@ -296,9 +296,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, default=None, help="generator steps (default 1000, --quick 400)")
     p.add_argument("--n-critic", type=positive_int, default=5, help="critic steps per generator step")
     p.add_argument("--batch-size", type=positive_int, default=None, help="default 256, --quick 128")
-    p.add_argument(
-        "--width", type=positive_int, default=None, help="MLP width (default 128, --quick 64)"
-    )
+    p.add_argument("--width", type=positive_int, default=None, help="MLP width (default 128, --quick 64)")
     p.add_argument("--lr", type=positive_float, default=None, help="Adam lr of G and D (default 1e-3, --quick 2e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
