@@ -19,8 +19,11 @@ class Preset:
     source: str
 
     def as_kwargs(self) -> dict[str, Any]:
-        # Not dataclasses.asdict: it deep-copies, and this runs on every call that names a preset.
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "source"}
+        # Not dataclasses.asdict (it deep-copies) nor fields() per call: this runs on every call naming a preset.
+        return {name: getattr(self, name) for name in _KWARGS}
+
+
+_KWARGS = tuple(f.name for f in fields(Preset) if f.name != "source")
 
 
 presets: MappingProxyType[str, Preset] = MappingProxyType(
