@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -19,11 +19,9 @@ class Preset:
     source: str
 
     def as_kwargs(self) -> dict[str, Any]:
-        # Not dataclasses.asdict (it deep-copies) nor fields() per call: this runs on every call naming a preset.
-        return {name: getattr(self, name) for name in _KWARGS}
-
-
-_KWARGS = tuple(f.name for f in fields(Preset) if f.name != "source")
+        kwargs = asdict(self)
+        del kwargs["source"]
+        return kwargs
 
 
 presets: MappingProxyType[str, Preset] = MappingProxyType(
