@@ -71,7 +71,7 @@ def bench_case(benchmark: Any, roofline: dict[str, Any], environment: dict[str, 
         if DEVICE.type == "cuda":
             timing = bench.measure(prepared.run, DEVICE)
             info.update(time_ms=timing.median_ms, timer=timing.timer)
-            launches = bench.count_launches(prepared.run, DEVICE)
+            launches = bench.count_launches(prepared.run, DEVICE, fastgp_only=bench.is_fused(provider))
             if launches is not None:
                 info["launches"] = launches[0]
         timed()
@@ -89,8 +89,13 @@ def bench_case(benchmark: Any, roofline: dict[str, Any], environment: dict[str, 
         benchmark.extra_info.update(info)
         if DATA_FILE:
             Path(DATA_FILE).parent.mkdir(parents=True, exist_ok=True)
-            line = {**info, "environment": {k: environment[k] for k in ("device_name", "torch", "triton", "cuda",
-                                                                       "fastgp", "git_commit", "date")}}
+            line = {
+                **info,
+                "environment": {
+                    k: environment[k]
+                    for k in ("device_name", "torch", "triton", "cuda", "fastgp", "git_commit", "date")
+                },
+            }
             with open(DATA_FILE, "a") as fh:
                 fh.write(json.dumps(line) + "\n")
 

@@ -98,9 +98,15 @@ def _differentiate(
                 f"nn.ReLU(inplace=False), x = x + 1). PyTorch said: {err}"
             ) from err
         raise
-    flat = validation.d_output(out, x.shape[0]).reshape(x.shape[0], -1)
-    scores = flat[:, 0] if flat.shape[1] == 1 else reference.score_sums(flat, x.dtype)
-    total = scores.sum()
+    out = validation.d_output(out, x.shape[0])
+    if out.numel() == out.shape[0]:
+        # One score per sample: differentiate the sum of D's output itself, so that no reshape lies on
+        # the path of the double backward; the scores are the output, or a view of it.
+        scores = out if out.dim() == 1 else out.reshape(out.shape[0])
+        total = out.sum()
+    else:
+        scores = reference.score_sums(out.reshape(out.shape[0], -1), x.dtype)
+        total = scores.sum()
     if scaler is not None:
         # PyTorch's AMP gradient-penalty recipe: differentiate the scaled scores so small fp16
         # gradients do not flush to zero, then unscale before the norm.
@@ -132,6 +138,7 @@ def _settings(preset: object, **given: Any) -> dict[str, Any]:
     return {k: (base.get(k, v.value) if isinstance(v, _Default) else v) for k, v in given.items()}
 
 
+@validation.memoized
 def _penalty_settings(
     norm: object,
     constraint: object,

@@ -102,8 +102,25 @@ def backend_for(device: torch.device | str, backend: str = "auto") -> str:
     ``auto`` is `FASTGP_BACKEND` when set, else the first of triton, cuda that runs on CUDA tensors,
     else torch. Raises ValueError if the backend cannot run there, saying why.
     """
-    device = torch.device(device)
+    device = device if isinstance(device, torch.device) else torch.device(device)
     name = requested(backend)
+    if torch.compiler.is_compiling() or not isinstance(name, str):
+        return _resolve(device, name)
+    # Every call of the public functions asks this; past the environment, the answer depends only on
+    # what is installed, which does not change while the process runs.
+    key = (device, name, _triton_interpreted() if name == "triton" and device.type != "cuda" else None)
+    chosen = _chosen.get(key)
+    if chosen is None:
+        chosen = _chosen[key] = _resolve(device, name)
+    return chosen
+
+
+# Backends chosen so far, by (device, backend asked for after FASTGP_BACKEND, TRITON_INTERPRET where
+# it matters). Only answers, not refusals: a refusal is explained again on the next call.
+_chosen: dict[tuple[torch.device, str, bool | None], str] = {}
+
+
+def _resolve(device: torch.device, name: str) -> str:
     if name not in (*NAMES, "auto"):
         raise ValueError(f"backend must be one of {', '.join(map(repr, (*NAMES, 'auto')))}, got {name!r}")
     if name == "auto":

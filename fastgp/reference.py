@@ -59,7 +59,8 @@ def interpolate(
     x = real.to(acc)
     if points == "interpolate":
         assert fake is not None
-        x_hat = a * x + (1 - a) * fake.to(acc)
+        # lerp(y, x, α) is α x + (1-α) y in one operation instead of four (and one autograd node).
+        x_hat = torch.lerp(fake.to(acc), x, a)
     else:
         u = torch.rand(real.shape, generator=gen, device=real.device, dtype=acc)
         x_hat = x + a * (0.5 * x.std() * u)

@@ -9,10 +9,12 @@ into an immediate error that names the workaround.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,13 +60,21 @@ class LazyRegularizer:
         return f"LazyRegularizer(every={self.every})"
 
 
-# Critics already probed, and the BatchNorm layers of each module critic, held weakly so that a
-# discarded critic is forgotten.
-_probed: weakref.WeakSet = weakref.WeakSet()
-# Tensors compare elementwise, so leaves are held by id, with the tensor to rule out a reused id.
+# What the first call learnt about each critic (a module, a function, the module of a bound method):
+# its BatchNorm layers, and whether its double backward was probed. Held weakly, so that a
+# discarded critic is forgotten; every later call is one lookup here.
+_critics: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Critics that cannot be keyed (a fresh lambda every step, an unhashable callable) are recognised by
+# the leaves their graph reaches. Tensors compare elementwise, so leaves are held by id, with the
+# tensor to rule out a reused id.
 _probed_leaves: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-_batchnorms: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _warned: weakref.WeakSet = weakref.WeakSet()
+
+
+@dataclass
+class _Critic:
+    batchnorms: tuple[tuple[str, _BatchNorm], ...]
+    probed: bool = False
 
 
 def check_critic(D: Callable[..., Any], x: Tensor, grad: Tensor) -> None:
@@ -74,18 +84,33 @@ def check_critic(D: Callable[..., Any], x: Tensor, grad: Tensor) -> None:
     Set ``FASTGP_CHECK_DOUBLE_BACKWARD=0`` to skip the probe (it costs one extra double backward on
     the first call for each critic).
     """
-    if isinstance(D, nn.Module):
-        _warn_batchnorm(D)
-    if os.environ.get(CHECK_ENV_VAR, "1") != "0":
-        _probe_double_backward(D, x, grad)
+    # Not getattr(D, "__self__", D) on a module: nn.Module.__getattr__ makes a miss cost microseconds.
+    owner = D if isinstance(D, nn.Module) else getattr(D, "__self__", D)
+    try:
+        known = _critics.get(owner)
+    except TypeError:  # unhashable, or not weakly referenceable
+        known = None
+    if known is None:
+        known = _first_sight(owner)
+    if known.batchnorms:
+        _warn_batchnorm(owner, known.batchnorms)
+    if not known.probed and grad.grad_fn is not None and os.environ.get(CHECK_ENV_VAR, "1") != "0":
+        _probe_double_backward(x, grad)
+        known.probed = True
 
 
-def _warn_batchnorm(D: nn.Module) -> None:
-    layers = _batchnorms.get(D)
-    if layers is None:
-        # Cached because walking a large critic on every step costs more than the check is worth;
-        # the .training flags are still read every call since D.train()/D.eval() flip them.
-        layers = _batchnorms[D] = tuple((n, m) for n, m in D.named_modules() if isinstance(m, _BatchNorm))
+def _first_sight(owner: object) -> _Critic:
+    """The BatchNorm layers of a module critic (walked once: D.train()/D.eval() flip only their flags)."""
+    layers = ()
+    if isinstance(owner, nn.Module):
+        layers = tuple((n, m) for n, m in owner.named_modules() if isinstance(m, _BatchNorm))
+    known = _Critic(layers)
+    with contextlib.suppress(TypeError):
+        _critics[owner] = known
+    return known
+
+
+def _warn_batchnorm(D: object, layers: tuple[tuple[str, _BatchNorm], ...]) -> None:
     training = [n or type(m).__name__ for n, m in layers if m.training]
     if not training or D in _warned:
         return
@@ -116,21 +141,13 @@ def _leaves(grad: Tensor) -> list[Tensor]:
     return leaves
 
 
-def _probe_double_backward(D: object, x: Tensor, grad: Tensor) -> None:
-    if grad.grad_fn is None:
+def _probe_double_backward(x: Tensor, grad: Tensor) -> None:
+    """Differentiate `grad` once more (unless its leaves were probed already), or raise the workaround."""
+    leaves = _leaves(grad)
+    # The input is a fresh leaf every step: what identifies an unkeyable critic is everything else.
+    others = [t for t in leaves if t is not x]
+    if others and all(_probed_leaves.get(id(t)) is t for t in others):
         return
-    # Keyed on the module (a bound method's too), else on the leaves the graph reaches: a critic
-    # wrapped in a fresh lambda every step is still probed once, not on every step.
-    owner = getattr(D, "__self__", D)
-    if isinstance(owner, nn.Module):
-        if owner in _probed:
-            return
-        leaves = _leaves(grad)
-    else:
-        leaves = _leaves(grad)
-        # The input is a fresh leaf every step: what identifies the critic is everything else.
-        if all(_probed_leaves.get(id(t)) is t for t in leaves if t is not x):
-            return
     if leaves:
         try:
             # autograd.grad with explicit inputs accumulates nothing into .grad and fires no
@@ -138,10 +155,7 @@ def _probe_double_backward(D: object, x: Tensor, grad: Tensor) -> None:
             torch.autograd.grad(grad.float().square().sum(), leaves, retain_graph=True, allow_unused=True)
         except RuntimeError as err:
             raise RuntimeError(explain_double_backward_error(err)) from err
-    if isinstance(owner, nn.Module):
-        _probed.add(owner)
-    else:
-        _probed_leaves.update((id(t), t) for t in leaves if t is not x)
+    _probed_leaves.update((id(t), t) for t in others)
 
 
 def explain_double_backward_error(err: BaseException) -> str:

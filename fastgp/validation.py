@@ -5,6 +5,7 @@ Nothing in this module touches autograd state, so a refused call leaves every `.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from numbers import Integral, Real
@@ -163,3 +164,26 @@ def d_output(out: object, batch: int) -> Tensor:
     if not out.requires_grad:
         raise ValueError("D's output does not depend on its input x (it does not require grad)")
     return out
+
+
+def memoized(check: Callable[..., Any]) -> Callable[..., Any]:
+    """`check` (a validation of hashable settings), answered from a cache for arguments seen before.
+
+    The public functions validate the same settings on every training step; a cache hit costs one
+    lookup. Arguments are told apart by type as well (``1``, ``1.0`` and ``True`` are three keys), a
+    refusal is never cached (it raises again, with its message), unhashable arguments and tracing by
+    torch.compile go to `check` itself. The answer is shared between calls: read it, never change it.
+    """
+    cached = functools.lru_cache(maxsize=256, typed=True)(check)
+
+    @functools.wraps(check)
+    def call(*args: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return check(*args)
+        try:
+            hash(args)
+        except TypeError:
+            return check(*args)
+        return cached(*args)
+
+    return call

@@ -1,6 +1,6 @@
 """Every backend that runs here, through the public API, against the reference backend."""
 
-import importlib
+import importlib.util
 
 import pytest
 import torch
@@ -168,3 +168,26 @@ def test_backend_for_names_what_auto_picks(monkeypatch):
         name, device = FUSED[0]
         monkeypatch.setenv("FASTGP_BACKEND", name)
         assert fastgp.backend_for(device) == name
+
+
+def test_backend_choice_is_remembered_but_follows_the_environment(monkeypatch):
+    monkeypatch.delenv("FASTGP_BACKEND", raising=False)
+    cpu = torch.device("cpu")
+    assert fastgp.backend_for(cpu) == "torch" and fastgp.backend_for(cpu) == "torch"
+    monkeypatch.setenv("FASTGP_BACKEND", "cuda")
+    with pytest.raises(ValueError, match="backend='cuda' cannot run here"):
+        fastgp.backend_for(cpu)
+    with pytest.raises(ValueError, match="backend='cuda' cannot run here"):  # a refusal is not remembered
+        fastgp.backend_for(cpu)
+    monkeypatch.setenv("FASTGP_BACKEND", "nope")
+    with pytest.raises(ValueError, match="FASTGP_BACKEND must be one of"):
+        fastgp.backend_for(cpu)
+    monkeypatch.delenv("FASTGP_BACKEND")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fastgp.backend_for(cpu, ["torch"])
+    if importlib.util.find_spec("triton") is not None:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        assert fastgp.backend_for(cpu, "triton") == "triton"
+        monkeypatch.delenv("TRITON_INTERPRET")
+        with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+            fastgp.backend_for(cpu, "triton")

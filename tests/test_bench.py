@@ -1,8 +1,10 @@
 """Smoke tests of the benchmarks: `fastgp bench --quick` writes its JSON and PNG, the table has its columns,
-the README table generator reads the JSON, and the pytest-benchmark files collect (they are not run here)."""
+the README table generator reads the JSON, the pytest-benchmark files collect (they are not run here), and
+`fastgp bench --host --quick` reports every host goal."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import fastgp
 from fastgp import bench
+from fastgp.bench import host
 from fastgp.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,8 +26,18 @@ ROOT = Path(__file__).resolve().parents[1]
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
     out = tmp_path_factory.mktemp("bench")
     # A narrow slice of --quick keeps this test at a few seconds; the full --quick set is the CLI's job.
-    rc = main(["bench", "--quick", "--out", str(out), "--cases", "penalty/l2/fp32/256x2,interpolate,wgan_step",
-               "--rep-ms", "20"])
+    rc = main(
+        [
+            "bench",
+            "--quick",
+            "--out",
+            str(out),
+            "--cases",
+            "penalty/l2/fp32/256x2,interpolate,wgan_step",
+            "--rep-ms",
+            "20",
+        ]
+    )
     return rc, out
 
 
@@ -61,11 +75,16 @@ def test_table_has_columns(quick_run: tuple[int, Path]) -> None:
     text = bench.format_table(results)
     for column in ("median ms", "× eager", "× compile", "saved", "GB/s", "% roofline", "launches"):
         assert column in text
-    assert "host ms" not in text  # a CUDA-only column
+    assert "host µs" not in text and "wall ms" not in text  # CUDA-only columns
     assert "CPU run" in text and "fastgp-torch" in text
-    markdown = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_table.py"), str(json_path)],
-                              capture_output=True, text=True, check=True, cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    markdown = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "readme_table.py"), str(json_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ).stdout
     header = "| " + " | ".join(bench.table_columns(results)) + " |"
     assert header in markdown and "| penalty/l2/fp32/256x2 | eager |" in markdown
 
@@ -76,7 +95,7 @@ def test_wrong_provider_is_reported_not_timed(monkeypatch: pytest.MonkeyPatch) -
     def wrong_head(grad, **kw):  # a "fast" kernel that forgets the weight
         return bench.eager_penalty(grad, kw["norm"], kw["constraint"], kw["center"], 1.0)
 
-    monkeypatch.setattr(bench.fastgp, "penalty_from_grad", lambda g, backend, **kw: wrong_head(g, **kw))
+    monkeypatch.setattr(fastgp, "penalty_from_grad", lambda g, backend, **kw: wrong_head(g, **kw))
     row = bench.run_provider(case, "fastgp-torch", "cpu", rep_ms=1)
     assert row.status == "wrong" and "relative error" in row.reason and row.time_ms is None
 
@@ -93,9 +112,13 @@ def test_case_selection() -> None:
 
 def test_benchmarks_collect() -> None:
     pytest.importorskip("pytest_benchmark")  # the benchmarks' conftest hooks into it
-    proc = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "--collect-only", "-q", "-p",
-                           "no:cacheprovider"], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "FASTGP_BENCH_DEVICE": "cpu"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks", "--collect-only", "-q", "-p", "no:cacheprovider"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "FASTGP_BENCH_DEVICE": "cpu"},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for op in bench.OPS:
         assert f"test_bench_{op}.py::test_{op}[" in proc.stdout
@@ -114,12 +137,13 @@ TINY = [
 def test_fused_providers_pass_their_check(case: bench.Case, monkeypatch: pytest.MonkeyPatch) -> None:
     """The benchmark's wiring of every fused backend that runs here (on a CPU, Triton through its interpreter)
     agrees with eager, so a GPU run times the right function."""
-    monkeypatch.setattr(bench, "backend_skip_reason", lambda name, device: None)  # timings are not taken here
+    # Timings are not taken here, so the interpreter may stand in for the GPU.
+    monkeypatch.setattr("fastgp.bench.providers.backend_skip_reason", lambda name, device: None)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = []
     for name in bench.backend_names():
         try:
-            bench.backends.select(name, device)
+            fastgp.backend_for(device, name)
         except Exception:
             continue
         names.append(name)
@@ -128,3 +152,46 @@ def test_fused_providers_pass_their_check(case: bench.Case, monkeypatch: pytest.
     for provider in providers:
         row, prepared = bench.check_provider(case, provider, device)
         assert row.status == "ok" and prepared is not None, (provider, row.reason)
+
+
+def test_launches_count_fastgp_kernels_only() -> None:
+    triton_kernel = "_penalty_fwd_kernel"
+    cuda_kernel = "void fastgp::penalty_fwd_kernel<float, (fastgp::Norm)0>(fastgp::PenaltyFwdParams)"
+    seed = "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>(int)"
+    assert bench.is_fastgp_kernel(cuda_kernel) and not bench.is_fastgp_kernel(seed)
+    assert not bench.is_fastgp_kernel("Memset (Device)") and not bench.is_kernel("Memset (Device)")
+    if importlib.util.find_spec("triton") is not None:
+        assert bench.is_fastgp_kernel(triton_kernel)
+    assert bench.is_kernel(seed) and not bench.is_fastgp_kernel("triton_poi_fused_add_0")
+
+
+def test_host_mode_reports_every_goal(tmp_path: Path) -> None:
+    """In a process of its own: host-only Triton launches must be set up before fastgp.ops is imported."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastgp", "bench", "--host", "--quick", "--device", "cpu", "--rep-ms", "2",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=1200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (json_path,) = tmp_path.glob("*-host-quick.json")
+    results = json.loads(json_path.read_text())
+    assert results["mode"] == "host"
+    goals = {g.name for g in host.GOALS}
+    assert {r["goal"] for r in results["rows"]} == goals
+    for r in results["rows"]:
+        assert r["status"] in ("ok", "skipped"), r
+        if r["status"] == "ok":
+            assert r["host_us"] > 0 and r["reps"] >= 5
+    judged = [r for r in results["rows"] if r["want"]]
+    assert {r["goal"] for r in judged if r["provider"] == "fastgp-torch"} == {
+        "D step, MLP critic",
+        "D step, conv critic",
+    }
+    assert all(isinstance(r["met"], bool) and r["ratio_vs_eager"] > 0 for r in judged if r["provider"] != "critic")
+    triton = [r for r in results["rows"] if r["provider"] == "fastgp-triton"]
+    if results["settings"]["host_only_launches"]:
+        assert all(r["status"] == "ok" and "host-only" in r["reason"] for r in triton)
+    table = proc.stdout
+    assert "host µs" in table and "beyond critic µs" in table and "D step, conv critic" in table

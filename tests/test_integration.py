@@ -535,6 +535,27 @@ def test_the_probe_runs_once_and_accumulates_nothing(monkeypatch, wrap):
     assert len(calls) == 5  # one input gradient per call, no further probe
 
 
+@pytest.mark.parametrize("wrap", ["module", "bound method", "function"])
+def test_a_known_critic_costs_one_lookup(monkeypatch, wrap):
+    """After the first call, a critic is recognised without walking its graph (a fresh lambda still is)."""
+    D = mlp()
+
+    def function(x):
+        return D(x)
+
+    critic = {"module": D, "bound method": D.forward, "function": function}[wrap]
+    real = torch.randn(4, 6, dtype=torch.float64)
+    fastgp.gradient_penalty(critic, real, preset="r1")
+    walks = []
+    original = training._leaves
+    monkeypatch.setattr(training, "_leaves", lambda grad: walks.append(1) or original(grad))
+    for _ in range(3):
+        fastgp.gradient_penalty(critic, real, preset="r1")
+    assert walks == []
+    fastgp.gradient_penalty(lambda x: D(x), real, preset="r1")
+    assert walks == [1]
+
+
 def test_explain_names_the_cudnn_rnn_workaround():
     err = RuntimeError("derivative for aten::_cudnn_rnn_backward is not implemented")
     assert "torch.backends.cudnn.flags(enabled=False)" in training.explain_double_backward_error(err)

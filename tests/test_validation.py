@@ -156,3 +156,16 @@ def test_nan_in_data_is_not_refused_but_propagates():
 def test_more_refusals(call, exc, text, noisy_grads):
     with pytest.raises(exc, match=text):
         call()
+
+
+def test_remembered_settings_still_refuse_by_type():
+    """Settings are validated once and remembered; a bool or a NaN is still refused after a 1 was accepted."""
+    g = torch.randn(3, 4, requires_grad=True)
+    fastgp.penalty_from_grad(g, weight=1)
+    for bad, error, text in [(True, TypeError, "weight must be a real number"), (float("nan"), ValueError, "finite")]:
+        for _ in range(2):
+            with pytest.raises(error, match=text):
+                fastgp.penalty_from_grad(g, weight=bad)
+    with pytest.raises(TypeError, match="norm must be a str"):
+        fastgp.penalty_from_grad(g, norm=["l2"])  # unhashable: validated without the cache
+    assert g.grad is None

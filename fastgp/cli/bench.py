@@ -59,13 +59,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--rep-ms",
         type=float,
         default=None,
-        help="time spent repeating each provider (default 100 ms; 200 with --quick)",
+        help="time spent repeating each provider (default 100 ms; 200 with --quick; --host: 300, 50 with --quick)",
     )
     parser.add_argument(
         "--threads",
         type=int,
         default=None,
         help="torch CPU threads (default on a CPU: 1, steadier on a shared machine; on CUDA: torch's)",
+    )
+    parser.add_argument(
+        "--host",
+        action="store_true",
+        help="host time instead: CPU µs per call of fastgp and of the eager code it replaces, against the host "
+        "goals (without a GPU, Triton runs host-only launches for sm_90)",
     )
     parser.add_argument("--list", action="store_true", help="print the selected case ids and exit")
     parser.set_defaults(func=run)
@@ -82,6 +88,8 @@ def _progress(items: Iterable[tuple[bench.Case, str]]) -> Iterator[tuple[bench.C
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.host:
+        return _run_host(args)
     device = torch.device(args.device or ("cpu" if args.quick else bench.default_device()))
     cases = bench.select_cases(bench.default_cases(device, quick=args.quick), args.cases)
     if args.list:
@@ -117,7 +125,40 @@ def run(args: argparse.Namespace) -> int:
     json_path = bench.write_json(results, args.out / f"{stem}.json")
     png_path = bench.plot(results, args.out / f"{stem}.png")
     print(f"\nwrote {json_path} and {png_path}")
+    return _exit_status(results)
+
+
+def _exit_status(results: dict[str, Any]) -> int:
+    """1 if any provider was wrong or failed (reported on stderr), else 0; missed targets are not failures."""
     bad = [r for r in results["rows"] if r["status"] in ("wrong", "error")]
     for r in bad:
         print(f"{r['status'].upper()}: {r['case']} {r['provider']}: {r['reason']}", file=sys.stderr)
     return 1 if bad else 0
+
+
+def _run_host(args: argparse.Namespace) -> int:
+    from fastgp import _hosttime
+    from fastgp.bench import host
+
+    device = torch.device(args.device or bench.default_device())
+    goals = [g for g in host.GOALS if not args.cases or any(p.strip() in f"{g.name} {g.case.id}" for p in
+                                                            args.cases.split(","))]  # fmt: skip
+    if args.list:
+        print("\n".join(f"{g.name}: {g.case.id}" for g in goals))
+        return 0
+    if not goals:
+        print(f"fastgp bench --host: no goal matches --cases {args.cases!r} (see --list)", file=sys.stderr)
+        return 2
+    if device.type != "cuda":
+        try:
+            _hosttime.enable()
+        except (ImportError, RuntimeError) as exc:  # the Triton rows then say why they are missing
+            print(f"fastgp bench --host: no host-only Triton launches: {exc}", file=sys.stderr)
+    rep_ms = args.rep_ms or (50.0 if args.quick else 300.0)
+    with threads(args.threads or (1 if device.type == "cpu" else None)):
+        # The D steps take milliseconds: enough rounds that a 2% goal is not decided by a few noisy ones.
+        results = host.run(device, goals=goals, rep_ms=rep_ms, min_rounds=5 if args.quick else 60, quick=args.quick)
+    print(bench.format_table(results))
+    json_path = bench.write_json(results, args.out / f"{bench.output_stem(results)}.json")
+    print(f"\nwrote {json_path}")
+    return _exit_status(results)
