@@ -134,7 +134,7 @@ def _settings(preset: object, **given: Any) -> dict[str, Any]:
     """Explicit arguments win over the preset, which wins over the signature's defaults."""
     base = {}
     if preset is not None:
-        base = presets[validation.choice("preset", preset, presets)].as_kwargs()
+        base = presets[validation.choice("preset", preset, presets)]._kwargs  # read only
     return {k: (base.get(k, v.value) if isinstance(v, _Default) else v) for k, v in given.items()}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
@@ -28,6 +29,11 @@ class Preset:
     reduction: str = field(default="mean", kw_only=True)
 
     def as_kwargs(self) -> dict[str, Any]:
+        return dict(self._kwargs)
+
+    @cached_property
+    def _kwargs(self) -> dict[str, Any]:
+        # Read on every `gradient_penalty` call: the walk over the fields is made once per preset.
         return {
             f.name: getattr(self, f.name)
             for f in fields(self)
