@@ -58,7 +58,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--n-critic", type=int, default=5, help="critic steps per generator step")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--z-dim", type=int, default=64)
-    p.add_argument("--preset", default="wgan-gp", choices=sorted(fastgp.presets))
+    # The penalties taken between real and fake samples: R1 (real only), R2 or DRAGAN would ignore one of them.
+    between = sorted(name for name, preset in fastgp.presets.items() if preset.points == "interpolate")
+    p.add_argument("--preset", default="wgan-gp", choices=between)
     p.add_argument("--amp", action="store_true", help="autocast (fp16 + GradScaler on CUDA, bf16 on CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
