@@ -169,11 +169,14 @@ def _normalize_fwd(scores: Tensor, grad: Tensor, mode: str, norm: str) -> tuple[
     plan = C.plan(B, d, g.element_size())
     grid = plan.grid
     split = plan.n_chunks > 1
-    part = torch.empty(grid if split else 1, dtype=acc, device=dev)
-    count = torch.empty(grid if split and norm == "linf" else 1, dtype=torch.int32, device=dev)
     norms = torch.empty(B, dtype=acc, device=dev)
     factor = torch.empty_like(norms)
-    with C.counter_if(split, dev, count) as counter:
+    # The workspace of split rows, tie counts for linf's; the kernel never reads a pointer it has no
+    # use for, and `norms` or `part` stand in (their dtypes then follow from the constexprs, as
+    # `Launcher` needs).
+    part = torch.empty(grid, dtype=acc, device=dev) if split else norms
+    count = torch.empty(grid, dtype=torch.int32, device=dev) if split and norm == "linf" else part
+    with C.counter_if(split, dev, part) as counter:
         _FWD(
             grid,
             g,

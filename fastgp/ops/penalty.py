@@ -338,7 +338,9 @@ def _penalty_fwd(
     # Workspace: a partial per chunk (split rows), else Σh or max h (with its ties) and Σf² per program.
     part = torch.empty(grid * (1 if plan.n_chunks > 1 else 2), dtype=acc, device=dev)
     ties = norm == "linf" if plan.n_chunks > 1 else is_max
-    count = torch.empty(grid if ties else 1, dtype=torch.int32, device=dev)
+    # Tie counts only where the kernel keeps them (linf chunks, max): elsewhere it never reads the
+    # pointer, and `part` stands in (its dtype then follows from the constexprs, as `Launcher` needs).
+    count = torch.empty(grid, dtype=torch.int32, device=dev) if ties else part
     penalty = torch.empty((), dtype=acc, device=dev)
     norms = torch.empty(B, dtype=acc, device=dev)
     coef, factor = torch.empty_like(norms), torch.empty_like(norms)
