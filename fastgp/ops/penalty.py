@@ -395,7 +395,7 @@ def _penalty_bwd(
     norm: str,
     output_weight: float,
     grad_scale: Optional[Tensor],  # noqa: UP045
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Optional[Tensor]]:  # noqa: UP045
     dgrad = torch.empty_like(grad)
     target = L.rows_target(dgrad)
     g = L.like(grad, target)
@@ -406,7 +406,7 @@ def _penalty_bwd(
     has_scores = scores is not None
     f = scores.contiguous() if has_scores else norms
     dnorms = dnorms.contiguous() if dnorms is not None else None
-    dscores = torch.empty_like(f) if has_scores else norms.new_empty(0)
+    dscores = torch.empty_like(f) if has_scores else None
     _BWD(
         grid,
         g,
@@ -417,7 +417,7 @@ def _penalty_bwd(
         dp,
         dnorms if dnorms is not None else norms,
         f,
-        dscores,
+        dscores if dscores is not None else norms,
         grad_scale if grad_scale is not None else norms,
         L.row_stride(g),
         B,
@@ -508,7 +508,9 @@ def penalty_bwd(
     grad_scale: Optional[Tensor],  # noqa: UP045
 ) -> tuple[Tensor, Tensor]:
     """``(∂L/∂grad, ∂L/∂scores)``; the second is empty when `scores` is None."""
-    return _penalty_bwd(dp, dnorms, grad, scores, norms, coef, factor, norm, output_weight, grad_scale)
+    dgrad, dscores = _penalty_bwd(dp, dnorms, grad, scores, norms, coef, factor, norm, output_weight, grad_scale)
+    # A custom op returns tensors only; eager backwards (no scores) skip this allocation.
+    return dgrad, dscores if dscores is not None else norms.new_empty(0)
 
 
 @penalty_bwd.register_fake
