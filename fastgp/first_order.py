@@ -279,7 +279,7 @@ def fd_input_grad(
 
     Accuracy against the exact double backward, for smooth critics (GELU, SiLU, softplus MLPs, a SiLU conv
     net, a transformer block; every norm, constraint and points): the parameter gradient to 3e-10 relative in
-    float64 and 1e-5 to 1.3e-4 in float32, the gradient into the points to 3e-9 and 1e-3. The truncation
+    float64 and 1e-5 to 7e-4 in float32, the gradient into the points to 3e-9 and 5e-3. The truncation
     error grows as ε² times D's third derivative: ELU, whose second derivative jumps, gets 1e-2. A critic with
     kinks (ReLU, LeakyReLU, max-pooling) is refused at the first call for it, which compares the product at
     the working step with that at a step of `PROBE_STEP` (`SMOOTHNESS_TOLERANCE`; set
