@@ -262,8 +262,9 @@ def gradient_penalty(
         scores, grad = _differentiate(D, x_hat, args, kwargs, scaler=scaler, owned=owned)
         if scaler is not None:  # after scale(), which makes the scaler's scale tensor
             grad_scale = _inverse_scale(scaler, grad.device)
-    unscale = {} if grad_scale is None else {"grad_scale": grad_scale}  # asked of a backend only when scaled
-    penalty, norms = ops.penalty_from_grad(grad, scores=scores if ps["output_weight"] else None, **ps, **unscale)
+    penalty, norms = ops.penalty_from_grad(
+        grad, scores=scores if ps["output_weight"] else None, grad_scale=grad_scale, **ps
+    )
     if return_details:
         if grad_scale is not None:
             grad = (grad * grad_scale).to(grad.dtype)
