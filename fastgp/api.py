@@ -139,6 +139,39 @@ def _settings(preset: object, **given: Any) -> dict[str, Any]:
 
 
 @validation.memoized
+def _resolved(
+    preset: object,
+    points: object,
+    norm: object,
+    constraint: object,
+    center: object,
+    weight: object,
+    reduction: object,
+    method: object,
+    sigma: object,
+    backend: object,
+) -> dict[str, Any]:
+    """`gradient_penalty`'s settings after its preset (`_settings`), with the method and the
+    backend's name checked; `points` is None for points passed as a tensor (never a cache key)."""
+    s = _settings(
+        preset,
+        points=points,
+        norm=norm,
+        constraint=constraint,
+        center=center,
+        weight=weight,
+        reduction=reduction,
+        method=method,
+        sigma=sigma,
+    )
+    s["method"] = validation.choice("method", s["method"], first_order.METHODS)
+    if s["method"] != "ar" and not isinstance(sigma, _Default):
+        raise ValueError(f"sigma and scores apply to method='ar' only, got method={s['method']!r}")
+    validation.choice("backend", backend, _BACKEND_NAMES)
+    return s
+
+
+@validation.memoized
 def _penalty_settings(
     norm: object,
     constraint: object,
@@ -208,33 +241,26 @@ def gradient_penalty(
     passes D's scores at the points that the D loss already computed (with their graph), so that D
     runs only at the noisy points.
     """
-    s = _settings(
-        preset,
-        points=points,
-        norm=norm,
-        constraint=constraint,
-        center=center,
-        weight=weight,
-        reduction=reduction,
-        method=method,
-        sigma=sigma,
-    )
     validation.callable_("D", D)
-    pts = s["points"]
+    own = isinstance(points, Tensor)
+    if own:  # never a cache key: the cache would keep the caller's tensor alive
+        s = _resolved.__wrapped__(preset, None, norm, constraint, center, weight, reduction, method, sigma, backend)
+        pts, device, sample = points, validation.tensor("points", points).device, points
+    else:
+        s = _resolved(preset, points, norm, constraint, center, weight, reduction, method, sigma, backend)
+        pts = s["points"]
+        device = validation.points(pts, real, fake)
+        sample = real if real is not None else fake
     reduction = s["reduction"]
-    own = isinstance(pts, Tensor)
-    device = validation.tensor("points", pts).device if own else validation.points(pts, real, fake)
-    sample = pts if own else real if real is not None else fake
     ps = _penalty_settings(s["norm"], s["constraint"], s["center"], s["weight"], reduction, output_weight, sample.dtype)
-    how = validation.choice("method", s["method"], first_order.METHODS)
+    how = s["method"]
     if how == "ar":
         noise = first_order.ar_settings(s["sigma"], ps, scores, sample)
-    elif not isinstance(sigma, _Default) or scores is not None:
+    elif scores is not None:
         raise ValueError(f"sigma and scores apply to method='ar' only, got method={how!r}")
     seed = validation.seed(seed)
     args, kwargs = validation.d_args(d_args, d_kwargs)
     validation.scaler(scaler)
-    validation.choice("backend", backend, _BACKEND_NAMES)
     validation.grad_enabled("gradient_penalty")
     if fake is not None and not own and pts in ("real", "dragan"):
         # Warnings show once per calling line by default: once per training loop, not once per step.

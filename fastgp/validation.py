@@ -85,6 +85,20 @@ def same_tensors(real: Tensor, fake: Tensor) -> None:
 
 def points(value: object, real: object, fake: object) -> torch.device:
     """`points` is a name of SPEC.md §2 and the batches it needs are there and agree; returns their device."""
+    if (
+        value == "interpolate"
+        and real.__class__ is Tensor
+        and fake.__class__ is Tensor
+        and real.dtype == fake.dtype
+        and real.shape == fake.shape
+        and real.device == fake.device
+        and real.dim() > 0
+        and real.numel() > 0
+        and real.is_floating_point()
+        and real.layout == fake.layout == torch.strided
+    ):
+        # Every training step's call, checked in one expression; the checks below give the messages.
+        return real.device
     choice("points", value, ("interpolate", "real", "fake", "dragan"))
     need = {"interpolate": ("real", "fake"), "dragan": ("real",), "real": ("real",), "fake": ("fake",)}[value]
     given = {"real": real, "fake": fake}

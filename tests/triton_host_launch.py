@@ -28,12 +28,12 @@ from triton.runtime.jit import JITFunction  # noqa: E402
 import fastgp.ops  # noqa: E402
 from fastgp.ops import _launch  # noqa: E402
 
-LAUNCHES: list[tuple[_launch.Launcher, tuple, dict[str, Any]]] = []
+LAUNCHES: list[tuple[_launch.Launcher, tuple, _launch.Meta]] = []
 _launch_once = _launch.Launcher._launch
 
 
-def _recording(self: _launch.Launcher, device: int, grid: int, args: tuple, meta: dict[str, Any]) -> None:
-    LAUNCHES.append((self, args, dict(meta)))
+def _recording(self: _launch.Launcher, device: int, grid: int, args: tuple, meta: _launch.Meta) -> None:
+    LAUNCHES.append((self, args, meta))
     _launch_once(self, device, grid, args, meta)
 
 
@@ -86,8 +86,8 @@ def main() -> int:
     _launch.Launcher._launch = _launch_once
     wrong = []
     for launcher, args, meta in LAUNCHES:
-        ours = launcher.compiled(*args, **meta)
-        theirs = launcher.kernel.run(*args, grid=(1,), warmup=True, **meta)
+        ours = launcher.compiled(meta, *args)
+        theirs = launcher.kernel.run(*args, grid=(1,), warmup=True, **meta.kwargs)
         if ours is not theirs:
             wrong.append(f"{launcher.kernel.__name__} {meta}")
     failed += check(f"{len(LAUNCHES)} launches use Triton's own kernel", not wrong, lambda: "; ".join(wrong[:5]))

@@ -8,6 +8,7 @@ Layout: see `fastgp._layout` (shared with the CUDA backend).
 from __future__ import annotations
 
 import contextlib
+import functools
 import struct
 import threading
 from typing import NamedTuple
@@ -215,6 +216,7 @@ def _plan(B: int, d: int, itemsize: int) -> Plan:
     return Plan(B, rows, block, tiles, n_chunks, warps, frows, fchunks)
 
 
+@functools.lru_cache(maxsize=256)  # the same few settings on every call
 def split_float(x: float) -> tuple[float, float]:
     """``x`` as two float32 numbers ``hi + lo``.
 

@@ -8,9 +8,10 @@ specialises a kernel on, computed directly: the device; each tensor's dtype and 
 types of floats and bools; the constexprs and options. The first call with a new key goes through
 Triton's own path (which compiles if needed) and keeps the `CompiledKernel` it returns; later calls
 hand that kernel straight to its launcher, as Triton's path would. Runtime arguments are passed
-positionally, constexprs and options by keyword. tests/triton_host_launch.py checks, on host-only
-launches for sm_90 (`fastgp._hosttime`), that every launch of every op uses the very kernel
-Triton's own binder would pick.
+positionally; the constexprs and options come as one `Meta`, made once per kind of launch
+(`Launcher.meta`) and keyed on by identity, so that no launch builds, hashes or binds them
+again. tests/triton_host_launch.py checks, on host-only launches for sm_90 (`fastgp._hosttime`),
+that every launch of every op uses the very kernel Triton's own binder would pick.
 
 Triton's generic path is used instead where that cannot be done the same way: interpreted kernels
 (``TRITON_INTERPRET=1``), Triton releases before 3.3 (a different launcher calling convention),
@@ -60,9 +61,23 @@ def _hooked(kernel: JITFunction) -> bool:
 _RUNTIME = triton.knobs.runtime if CACHED else None
 
 
-def _generic_key(keyed: tuple[tuple[int, bool], ...], device: int, args: tuple, meta: dict[str, Any]) -> tuple:
+class Meta:
+    """The constexprs and options of one kind of launch of a `Launcher` (`Launcher.meta`): one
+    object per distinct set, so that launches key on it by identity."""
+
+    __slots__ = ("constexprs", "kwargs")
+
+    def __init__(self, kwargs: dict[str, Any], constexprs: tuple) -> None:
+        self.kwargs = kwargs  # by name, for Triton's own path
+        self.constexprs = constexprs  # every constexpr in parameter order, for the compiled kernel
+
+    def __repr__(self) -> str:
+        return f"Meta({self.kwargs})"
+
+
+def _generic_key(keyed: tuple[tuple[int, bool], ...], device: int, args: tuple, meta: Meta) -> tuple:
     """`Launcher.key` for any arguments: `keyed` holds (position, specialised) of each keyed one."""
-    key: list = [device]
+    key: list = [device, meta]
     for i, specialize in keyed:
         a = args[i]
         kind = a.__class__
@@ -75,15 +90,14 @@ def _generic_key(keyed: tuple[tuple[int, bool], ...], device: int, args: tuple, 
             key.append(a.data_ptr() % 16)
         else:
             key.append(a)
-    key.extend(meta.items())
     return tuple(key)
 
 
-def _key_function(keyed: tuple[tuple[int, bool], ...], args: tuple) -> Callable[[int, tuple, dict], tuple]:
+def _key_function(keyed: tuple[tuple[int, bool], ...], args: tuple) -> Callable[[int, tuple, Meta], tuple]:
     """`_generic_key` written out for arguments of the kinds of `args` (a plain Tensor, int, float,
     bool or None at each keyed position): the same key, from one tuple expression behind a test of
     each argument's kind, about a quarter cheaper than the loop. Arguments of other kinds take `_generic_key`."""
-    tests, parts = [], ["device"]
+    tests, parts = [], ["device", "meta"]
     for i, specialize in keyed:
         a, name = args[i], f"args[{i}]"
         kind = a.__class__
@@ -107,7 +121,7 @@ def _key_function(keyed: tuple[tuple[int, bool], ...], args: tuple) -> Callable[
     source = (
         "def key(device, args, meta):\n"
         f"    if {' and '.join(tests) or 'True'}:\n"
-        f"        return ({', '.join(parts)}, *meta.items())\n"
+        f"        return ({', '.join(parts)})\n"
         "    return generic(keyed, device, args, meta)\n"
     )
     namespace: dict[str, Any] = {"Tensor": Tensor, "generic": _generic_key, "keyed": keyed}
@@ -116,7 +130,7 @@ def _key_function(keyed: tuple[tuple[int, bool], ...], args: tuple) -> Callable[
 
 
 class Launcher:
-    """Launches one Triton kernel on a 1-D grid: ``launcher(grid, *args, **meta)``.
+    """Launches one Triton kernel on a 1-D grid: ``launcher(grid, meta, *args)``, `meta` from `meta`.
 
     Runs on the device of the first argument (a tensor), switching the current CUDA device only
     when it differs, and on that device's current stream. `fixed` names the parameters whose
@@ -129,9 +143,12 @@ class Launcher:
     def __init__(self, kernel: Any, fixed: tuple[str, ...] = ()) -> None:
         self.kernel = kernel
         self.cached = CACHED and isinstance(kernel, JITFunction)
-        self._cache: dict[tuple, tuple[Any, tuple]] = {}
+        self._cache: dict[tuple, Any] = {}
+        self._metas: dict[tuple, Meta] = {}
+        self._constexprs: tuple = ()  # the compiled kernel's, cached launches only
         if self.cached:
             runtime = [p for p in kernel.params if not p.is_constexpr]
+            self._constexprs = tuple(p for p in kernel.params if p.is_constexpr)
             # Positional runtime arguments then keyword constexprs map onto the parameters only
             # when every constexpr comes after the runtime parameters.
             if any(p.is_constexpr for p in kernel.params[: len(runtime)]):
@@ -141,10 +158,21 @@ class Launcher:
                 raise TypeError(f"{kernel.__name__} has no parameters {sorted(unknown)}")
             # (position, specialised) of every runtime argument that enters the key.
             self._keyed = tuple((p.num, not p.do_not_specialize) for p in runtime if p.name not in fixed)
-            self._constexprs = tuple(p for p in kernel.params if p.is_constexpr)
-            self._fast_key: Callable[[int, tuple, dict], tuple] | None = None
+            self._fast_key: Callable[[int, tuple, Meta], tuple] | None = None
 
-    def __call__(self, grid: int, *args: Any, **meta: Any) -> None:
+    def meta(self, **kwargs: Any) -> Meta:
+        """The `Meta` of these constexprs and options (``num_warps`` ...): the same object for the
+        same values. Ops make theirs once per kind of launch (functools.cache) and pass it on."""
+        key = tuple(sorted(kwargs.items()))
+        meta = self._metas.get(key)
+        if meta is None:
+            if len(self._metas) >= _MAX_ENTRIES:
+                self._metas.clear()
+            constexprs = tuple(kwargs.get(p.name, p.default) for p in self._constexprs)
+            meta = self._metas[key] = Meta(kwargs, constexprs)
+        return meta
+
+    def __call__(self, grid: int, meta: Meta, *args: Any) -> None:
         device = args[0].get_device()
         if device >= 0 and device != torch.cuda.current_device():
             with torch.cuda.device(device):
@@ -152,25 +180,24 @@ class Launcher:
         else:
             self._launch(device, grid, args, meta)
 
-    def _launch(self, device: int, grid: int, args: tuple, meta: dict[str, Any]) -> None:
+    def _launch(self, device: int, grid: int, args: tuple, meta: Meta) -> None:
         kernel = self.kernel
         if not self.cached or _hooked(kernel):
-            kernel[(grid,)](*args, **meta)
+            kernel[(grid,)](*args, **meta.kwargs)
             return
         key = self.key(device, args, meta)
-        entry = self._cache.get(key)
-        if entry is None:
+        compiled = self._cache.get(key)
+        if compiled is None:
             self._compile(key, grid, args, meta)
             return
-        compiled, constexprs = entry
         active = driver.active
         # CPU tensors reach a compiled kernel only through host-only launches (fastgp._hosttime).
         stream = active.get_current_stream(device if device >= 0 else active.get_current_device())
         compiled.run(
-            grid, 1, 1, stream, compiled.function, compiled.packed_metadata, None, None, None, *args, *constexprs
+            grid, 1, 1, stream, compiled.function, compiled.packed_metadata, None, None, None, *args, *meta.constexprs
         )
 
-    def key(self, device: int, args: tuple, meta: dict[str, Any]) -> tuple:
+    def key(self, device: int, args: tuple, meta: Meta) -> tuple:
         """A key at least as fine as Triton's specialisation of this launch (see the module docstring);
         `device` is the CUDA device index, -1 for CPU tensors.
 
@@ -183,16 +210,14 @@ class Launcher:
             fast = self._fast_key = _key_function(self._keyed, args)
         return fast(device, args, meta)
 
-    def _compile(self, key: tuple, grid: int, args: tuple, meta: dict[str, Any]) -> None:
+    def _compile(self, key: tuple, grid: int, args: tuple, meta: Meta) -> None:
         """Triton's own launch, which compiles on first use; keep the kernel it ran."""
-        compiled = self.kernel.run(*args, grid=(grid,), warmup=False, **meta)
+        compiled = self.kernel.run(*args, grid=(grid,), warmup=False, **meta.kwargs)
         if compiled is not None and not hasattr(compiled, "result"):  # not a pending async compile
             if len(self._cache) >= _MAX_ENTRIES:
                 self._cache.clear()
-            constexprs = tuple(meta.get(p.name, p.default) for p in self._constexprs)
-            self._cache[key] = (compiled, constexprs)
+            self._cache[key] = compiled
 
-    def compiled(self, *args: Any, **meta: Any) -> Any:
+    def compiled(self, meta: Meta, *args: Any) -> Any:
         """The `CompiledKernel` this launcher uses for these arguments (None before their first launch)."""
-        entry = self._cache.get(self.key(args[0].get_device(), args, meta))
-        return None if entry is None else entry[0]
+        return self._cache.get(self.key(args[0].get_device(), args, meta))

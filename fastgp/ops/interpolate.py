@@ -27,6 +27,7 @@ fixed order), and PyTorch's own ``std`` backward carries it on to x.
 
 # No `from __future__ import annotations`: torch.library.custom_op reads the annotations at
 # runtime to infer the schema, and older torch releases cannot resolve strings.
+import functools
 import threading
 from typing import Optional
 
@@ -38,7 +39,7 @@ from torch import Tensor
 from fastgp import _layout as L
 from fastgp.ops import _autograd
 from fastgp.ops import _common as C
-from fastgp.ops._launch import Launcher
+from fastgp.ops._launch import Launcher, Meta
 
 # (seed, base) on the host, or a device seed tensor (base 0): see the module docstring.
 Rng = tuple[int, int] | Tensor
@@ -188,6 +189,22 @@ _FWD = Launcher(_interpolate_fwd_kernel, fixed=("x_hat_ptr", "alpha_ptr", *_SEED
 _BWD = Launcher(_interpolate_bwd_kernel, fixed=("dstd_part_ptr", *_SEED_WORDS))
 
 
+@functools.cache
+def _meta(
+    launcher: Launcher, block: int, tiles: int, dragan: bool, device_seed: bool, acc: torch.dtype, **flags: bool
+) -> Meta:
+    """A launch's constexprs: `flags` are the backward's (HAS_DREAL, HAS_DFAKE)."""
+    return launcher.meta(
+        DRAGAN=dragan,
+        SEED_FROM_PTR=device_seed,
+        **flags,
+        BLOCK_SIZE=block,
+        TILES=tiles,
+        ACC=C.tl_acc(acc),
+        num_warps=C.NUM_WARPS,
+    )
+
+
 def _signed(x: int, bits: int) -> int:
     """An unsigned `bits`-bit word as the signed integer with the same bits."""
     return x - (1 << bits) if x >> (bits - 1) else x
@@ -250,6 +267,7 @@ def _interpolate_fwd(real: Tensor, fake: Tensor | None, std: Tensor | None, rng:
     seed_ptr, *words = _rng_args(rng, alpha)
     _FWD(
         B * n_chunks,
+        _meta(_FWD, block, tiles, std is not None, seed_ptr is not alpha, acc),
         x,
         y,
         target,
@@ -260,12 +278,6 @@ def _interpolate_fwd(real: Tensor, fake: Tensor | None, std: Tensor | None, rng:
         d,
         n_chunks,
         *words,
-        DRAGAN=std is not None,
-        SEED_FROM_PTR=seed_ptr is not alpha,
-        BLOCK_SIZE=block,
-        TILES=tiles,
-        ACC=C.tl_acc(acc),
-        num_warps=C.NUM_WARPS,
     )
     if target is not x_hat:
         x_hat.copy_(target)
@@ -283,8 +295,11 @@ def _interpolate_bwd(
     dfake = torch.empty_like(g) if need_fake else alpha.new_empty(0)
     parts = torch.empty(B * n_chunks if dragan else 1, dtype=alpha.dtype, device=g.device)
     seed_ptr, *words = _rng_args(rng, parts) if dragan else (parts, 0, 0, 0, 0)
+    device_seed = seed_ptr is not parts
+    meta = _meta(_BWD, block, tiles, dragan, device_seed, alpha.dtype, HAS_DREAL=need_real, HAS_DFAKE=need_fake)
     _BWD(
         B * n_chunks,
+        meta,
         g,
         alpha,
         seed_ptr,
@@ -295,14 +310,6 @@ def _interpolate_bwd(
         d,
         n_chunks,
         *words,
-        DRAGAN=dragan,
-        SEED_FROM_PTR=seed_ptr is not parts,
-        HAS_DREAL=need_real,
-        HAS_DFAKE=need_fake,
-        BLOCK_SIZE=block,
-        TILES=tiles,
-        ACC=C.tl_acc(alpha.dtype),
-        num_warps=C.NUM_WARPS,
     )
     return dreal, dfake, (parts.sum() if dragan else alpha.new_empty(0))
 

@@ -13,6 +13,8 @@ gradient into `grad` is never detached: it carries the generator's signal.
 
 # No `from __future__ import annotations`: torch.library.custom_op reads the annotations at
 # runtime to infer the schema, and older torch releases cannot resolve strings.
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -23,7 +25,7 @@ from fastgp import reference as R
 from fastgp.ops import _autograd
 from fastgp.ops import _common as C
 from fastgp.ops._common import chunk_arrive, norm_direction, norm_factor, split_row_partials, tile_partial
-from fastgp.ops._launch import Launcher
+from fastgp.ops._launch import Launcher, Meta
 
 
 @triton.jit
@@ -158,6 +160,22 @@ _FWD = Launcher(
 _BWD = Launcher(_normalize_bwd_kernel, fixed=("dg_ptr", "df_ptr", "norms_ptr", "factor_ptr"))
 
 
+@functools.cache
+def _meta(launcher: Launcher, plan: C.Plan, mode: str, norm: str, acc: torch.dtype) -> Meta:
+    """The forward's constexprs (`_FWD`), or the backward's (`_BWD`: the same, less the finish's)."""
+    finish = {"FROWS": plan.frows, "FCHUNKS": plan.fchunks, "SPLIT": plan.n_chunks > 1} if launcher is _FWD else {}
+    return launcher.meta(
+        NORM=C.NORM_IDS[norm],
+        PGN=mode == "pgn",
+        ROWS=plan.rows,
+        BLOCK=plan.block,
+        TILES=plan.tiles,
+        **finish,
+        ACC=C.tl_acc(acc),
+        num_warps=plan.warps,
+    )
+
+
 def _normalize_fwd(scores: Tensor, grad: Tensor, mode: str, norm: str) -> tuple[Tensor, Tensor, Tensor]:
     g = L.as_rows(grad)
     B = g.shape[0]
@@ -179,6 +197,7 @@ def _normalize_fwd(scores: Tensor, grad: Tensor, mode: str, norm: str) -> tuple[
     with C.counter_if(split, dev, part) as counter:
         _FWD(
             grid,
+            _meta(_FWD, plan, mode, norm, acc),
             g,
             f,
             out,
@@ -191,16 +210,6 @@ def _normalize_fwd(scores: Tensor, grad: Tensor, mode: str, norm: str) -> tuple[
             B,
             d,
             plan.n_chunks,
-            NORM=C.NORM_IDS[norm],
-            PGN=mode == "pgn",
-            ROWS=plan.rows,
-            BLOCK=plan.block,
-            TILES=plan.tiles,
-            FROWS=plan.frows,
-            FCHUNKS=plan.fchunks,
-            SPLIT=split,
-            ACC=C.tl_acc(acc),
-            num_warps=plan.warps,
         )
     return out, norms, factor
 
@@ -219,6 +228,7 @@ def _normalize_bwd(
     grid = plan.grid
     _BWD(
         grid,
+        _meta(_BWD, plan, mode, norm, norms.dtype),
         g,
         target,
         f,
@@ -230,13 +240,6 @@ def _normalize_bwd(
         B,
         d,
         plan.n_chunks,
-        NORM=C.NORM_IDS[norm],
-        PGN=mode == "pgn",
-        ROWS=plan.rows,
-        BLOCK=plan.block,
-        TILES=plan.tiles,
-        ACC=C.tl_acc(norms.dtype),
-        num_warps=plan.warps,
     )
     if target is not dgrad:
         dgrad.copy_(target)

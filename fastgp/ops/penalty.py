@@ -14,6 +14,7 @@ Backward, one launch: ``∂P/∂g_i = coef_i · s_i · dir(g_i)`` (see `_common.
 
 # No `from __future__ import annotations`: torch.library.custom_op reads the annotations at
 # runtime to infer the schema, and older torch releases cannot resolve strings.
+import functools
 from typing import Optional
 
 import torch
@@ -35,7 +36,7 @@ from fastgp.ops._common import (
     tile_partial,
     top_ties,
 )
-from fastgp.ops._launch import Launcher
+from fastgp.ops._launch import Launcher, Meta
 
 CONSTRAINT_IDS = {"ls": 0, "hinge": 1, "squared_hinge": 2}
 
@@ -316,6 +317,43 @@ _FWD = Launcher(
 _BWD = Launcher(_penalty_bwd_kernel, fixed=("dg_ptr", "norms_ptr", "coef_ptr", "factor_ptr", "df_ptr", *_FLOATS[4:]))
 
 
+@functools.cache
+def _fwd_meta(
+    plan: C.Plan, norm: str, constraint: str, is_max: bool, has_scores: bool, has_scale: bool, acc: torch.dtype
+) -> Meta:
+    return _FWD.meta(
+        NORM=C.NORM_IDS[norm],
+        CONSTRAINT=CONSTRAINT_IDS[constraint],
+        MAX=is_max,
+        HAS_SCORES=has_scores,
+        HAS_SCALE=has_scale,
+        ROWS=plan.rows,
+        BLOCK=plan.block,
+        TILES=plan.tiles,
+        FROWS=plan.frows,
+        FCHUNKS=plan.fchunks,
+        SPLIT=plan.n_chunks > 1,
+        ARRIVE=plan.grid > 1,
+        ACC=C.tl_acc(acc),
+        num_warps=plan.warps,
+    )
+
+
+@functools.cache
+def _bwd_meta(plan: C.Plan, norm: str, has_dnorms: bool, has_scores: bool, has_scale: bool, acc: torch.dtype) -> Meta:
+    return _BWD.meta(
+        NORM=C.NORM_IDS[norm],
+        HAS_DNORMS=has_dnorms,
+        HAS_SCORES=has_scores,
+        HAS_SCALE=has_scale,
+        ROWS=plan.rows,
+        BLOCK=plan.block,
+        TILES=plan.tiles,
+        ACC=C.tl_acc(acc),
+        num_warps=plan.warps,
+    )
+
+
 def _penalty_fwd(
     grad: Tensor,
     scores: Optional[Tensor],  # noqa: UP045
@@ -346,9 +384,11 @@ def _penalty_fwd(
     coef, factor = torch.empty_like(norms), torch.empty_like(norms)
     has_scores = scores is not None
     f = scores.contiguous() if has_scores else penalty
+    meta = _fwd_meta(plan, norm, constraint, is_max, has_scores, grad_scale is not None, acc)
     with C.counter_if(grid > 1, dev, count) as counter:
         _FWD(
             grid,
+            meta,
             g,
             part,
             count,
@@ -366,20 +406,6 @@ def _penalty_fwd(
             *C.split_float(center),
             *C.split_float(weight),
             *C.split_float(output_weight),
-            NORM=C.NORM_IDS[norm],
-            CONSTRAINT=CONSTRAINT_IDS[constraint],
-            MAX=is_max,
-            HAS_SCORES=has_scores,
-            HAS_SCALE=grad_scale is not None,
-            ROWS=plan.rows,
-            BLOCK=plan.block,
-            TILES=plan.tiles,
-            FROWS=plan.frows,
-            FCHUNKS=plan.fchunks,
-            SPLIT=plan.n_chunks > 1,
-            ARRIVE=grid > 1,
-            ACC=C.tl_acc(acc),
-            num_warps=plan.warps,
         )
     return penalty, norms, coef, factor
 
@@ -409,6 +435,7 @@ def _penalty_bwd(
     dscores = torch.empty_like(f) if has_scores else None
     _BWD(
         grid,
+        _bwd_meta(plan, norm, dnorms is not None, has_scores, grad_scale is not None, norms.dtype),
         g,
         target,
         norms,
@@ -424,15 +451,6 @@ def _penalty_bwd(
         d,
         plan.n_chunks,
         *C.split_float(output_weight),
-        NORM=C.NORM_IDS[norm],
-        HAS_DNORMS=dnorms is not None,
-        HAS_SCORES=has_scores,
-        HAS_SCALE=grad_scale is not None,
-        ROWS=plan.rows,
-        BLOCK=plan.block,
-        TILES=plan.tiles,
-        ACC=C.tl_acc(norms.dtype),
-        num_warps=plan.warps,
     )
     if target is not dgrad:
         dgrad.copy_(target)
