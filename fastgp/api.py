@@ -149,10 +149,13 @@ def _resolved(
     reduction: object,
     method: object,
     sigma: object,
+    output_weight: object,
     backend: object,
-) -> dict[str, Any]:
+    dtype: torch.dtype | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """`gradient_penalty`'s settings after its preset (`_settings`), with the method and the
-    backend's name checked; `points` is None for points passed as a tensor (never a cache key)."""
+    backend's name checked, and the penalty's (`_penalty_settings`) for points of `dtype`;
+    `points` is None for points passed as a tensor."""
     s = _settings(
         preset,
         points=points,
@@ -168,7 +171,10 @@ def _resolved(
     if s["method"] != "ar" and not isinstance(sigma, _Default):
         raise ValueError(f"sigma and scores apply to method='ar' only, got method={s['method']!r}")
     validation.choice("backend", backend, _BACKEND_NAMES)
-    return s
+    penalty = _penalty_settings.__wrapped__(
+        s["norm"], s["constraint"], s["center"], s["weight"], s["reduction"], output_weight, dtype or torch.float32
+    )
+    return s, penalty
 
 
 @validation.memoized
@@ -243,24 +249,34 @@ def gradient_penalty(
     """
     validation.callable_("D", D)
     own = isinstance(points, Tensor)
-    if own:  # never a cache key: the cache would keep the caller's tensor alive
-        s = _resolved.__wrapped__(preset, None, norm, constraint, center, weight, reduction, method, sigma, backend)
-        pts, device, sample = points, validation.tensor("points", points).device, points
-    else:
-        s = _resolved(preset, points, norm, constraint, center, weight, reduction, method, sigma, backend)
-        pts = s["points"]
-        device = validation.points(pts, real, fake)
-        sample = real if real is not None else fake
-    reduction = s["reduction"]
-    ps = _penalty_settings(s["norm"], s["constraint"], s["center"], s["weight"], reduction, output_weight, sample.dtype)
-    how = s["method"]
+    sample = points if own else real if real is not None else fake
+    # Settings first, keyed by the points' dtype (the tensors are checked next): one lookup per call.
+    s, ps = _resolved(
+        preset,
+        None if own else points,  # a tensor never enters the cache, which would keep it alive
+        norm,
+        constraint,
+        center,
+        weight,
+        reduction,
+        method,
+        sigma,
+        output_weight,
+        backend,
+        getattr(sample, "dtype", None),
+    )
+    pts = points if own else s["points"]
+    device = validation.tensor("points", points).device if own else validation.points(pts, real, fake)
+    reduction, how = s["reduction"], s["method"]
     if how == "ar":
         noise = first_order.ar_settings(s["sigma"], ps, scores, sample)
     elif scores is not None:
         raise ValueError(f"sigma and scores apply to method='ar' only, got method={how!r}")
-    seed = validation.seed(seed)
-    args, kwargs = validation.d_args(d_args, d_kwargs)
-    validation.scaler(scaler)
+    if seed is not None:
+        seed = validation.seed(seed)
+    args, kwargs = ((), {}) if d_args == () and d_kwargs is None else validation.d_args(d_args, d_kwargs)
+    if scaler is not None:
+        validation.scaler(scaler)
     validation.grad_enabled("gradient_penalty")
     if fake is not None and not own and pts in ("real", "dragan"):
         # Warnings show once per calling line by default: once per training loop, not once per step.

@@ -195,9 +195,10 @@ def memoized(check: Callable[..., Any]) -> Callable[..., Any]:
         if torch.compiler.is_compiling():
             return check(*args)
         try:
-            hash(args)
-        except TypeError:
-            return check(*args)
-        return cached(*args)
+            return cached(*args)
+        except TypeError as err:
+            if "unhashable" not in str(err):
+                raise
+        return check(*args)
 
     return call

@@ -155,14 +155,12 @@ class Plan(NamedTuple):
     frows: int
     fchunks: int
 
+    grid: int  # programs in all: `groups` × n_chunks, kept so that a launch reads it, not computes it
+
     @property
     def groups(self) -> int:
         """Programs along the batch: groups of ``rows`` rows."""
         return cdiv(self.batch, self.rows)
-
-    @property
-    def grid(self) -> int:
-        return self.groups * self.n_chunks
 
 
 _PLANS: dict[tuple[int, ...], Plan] = {}
@@ -213,7 +211,7 @@ def _plan(B: int, d: int, itemsize: int) -> Plan:
     warps = min(NUM_WARPS, max(1, next_power_of_2(rows * block * itemsize) // 1024))
     fchunks = min(next_power_of_2(n_chunks), FINISH_TILE)
     frows = min(next_power_of_2(B), max(1, FINISH_TILE // fchunks))
-    return Plan(B, rows, block, tiles, n_chunks, warps, frows, fchunks)
+    return Plan(B, rows, block, tiles, n_chunks, warps, frows, fchunks, cdiv(B, rows) * n_chunks)
 
 
 @functools.lru_cache(maxsize=256)  # the same few settings on every call

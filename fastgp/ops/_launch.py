@@ -176,26 +176,29 @@ class Launcher:
         device = args[0].get_device()
         if device >= 0 and device != torch.cuda.current_device():
             with torch.cuda.device(device):
-                self._launch(device, grid, args, meta)
-        else:
-            self._launch(device, grid, args, meta)
-
-    def _launch(self, device: int, grid: int, args: tuple, meta: Meta) -> None:
+                return self(grid, meta, *args)
+        # One function, no helpers called on the way: a call costs the host most where its code
+        # is not in the CPU's caches, as between the steps of a training loop.
         kernel = self.kernel
         if not self.cached or _hooked(kernel):
             kernel[(grid,)](*args, **meta.kwargs)
-            return
-        key = self.key(device, args, meta)
+            return None
+        key = (self._fast_key or self._first_key(args))(device, args, meta)
         compiled = self._cache.get(key)
         if compiled is None:
             self._compile(key, grid, args, meta)
-            return
+            return None
         active = driver.active
         # CPU tensors reach a compiled kernel only through host-only launches (fastgp._hosttime).
         stream = active.get_current_stream(device if device >= 0 else active.get_current_device())
         compiled.run(
             grid, 1, 1, stream, compiled.function, compiled.packed_metadata, None, None, None, *args, *meta.constexprs
         )
+        return None
+
+    def _first_key(self, args: tuple) -> Callable[[int, tuple, Meta], tuple]:
+        self._fast_key = _key_function(self._keyed, args)
+        return self._fast_key
 
     def key(self, device: int, args: tuple, meta: Meta) -> tuple:
         """A key at least as fine as Triton's specialisation of this launch (see the module docstring);
@@ -205,10 +208,7 @@ class Launcher:
         Triton's classes), the others with their type only. The first call writes a function that
         builds the same key for arguments of the kinds it saw, with no loop (`_key_function`).
         """
-        fast = self._fast_key
-        if fast is None:
-            fast = self._fast_key = _key_function(self._keyed, args)
-        return fast(device, args, meta)
+        return (self._fast_key or self._first_key(args))(device, args, meta)
 
     def _compile(self, key: tuple, grid: int, args: tuple, meta: Meta) -> None:
         """Triton's own launch, which compiles on first use; keep the kernel it ran."""
