@@ -33,6 +33,17 @@ def as_rows(t: Tensor) -> Tensor:
     return t if is_rows(t) else t.contiguous()
 
 
+def rows(t: Tensor) -> tuple[Tensor, int, int, int]:
+    """``(as_rows(t), B, d, row_stride)`` in one call: the first thing every fused op asks."""
+    if not t.is_contiguous():
+        t = as_rows(t)
+        B = t.shape[0]
+        return t, B, t.numel() // B, row_stride(t)
+    B = t.shape[0]
+    d = t.numel() // B
+    return t, B, d, d  # contiguous: stride(0) is d wherever B > 1
+
+
 def row_stride(t: Tensor) -> int:
     """Distance between two samples of a rows-readable tensor (anything when B = 1)."""
     return t.stride(0) if t.shape[0] > 1 else t[0].numel()
@@ -57,6 +68,21 @@ def like(t: Tensor, ref: Tensor) -> Tensor:
 def rows_target(out: Tensor) -> Tensor:
     """Where a kernel writes `out`: `out` itself if rows-readable, else a contiguous buffer to copy back."""
     return out if is_rows(out) else torch.empty(out.shape, dtype=out.dtype, device=out.device)
+
+
+def rows_out(t: Tensor) -> tuple[Tensor, Tensor, Tensor, int, int, int]:
+    """For a kernel that reads `t` and writes an output of its shape: ``(out, target, src, B, d,
+    row_stride)``, `out` = ``torch.empty_like(t)``, `target` where the kernel writes it
+    (`rows_target`), `src` `t` with the target's strides (`like`), in one call."""
+    out = torch.empty_like(t)
+    if t.is_contiguous():  # so is `out`: nothing to bring to other strides
+        B = t.shape[0]
+        d = t.numel() // B
+        return out, out, t, B, d, d
+    target = rows_target(out)
+    src = like(t, target)
+    B = src.shape[0]
+    return out, target, src, B, src.numel() // B, row_stride(src)
 
 
 def rows_layout(t: Tensor) -> Tensor:

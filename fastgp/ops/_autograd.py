@@ -68,6 +68,10 @@ class Fused:
     def __call__(self, *inputs: Any) -> tuple:
         if traced():
             return self.op(*inputs)[: self.outputs]
+        return self.eager(*inputs)
+
+    def eager(self, *inputs: Any) -> tuple:
+        """The call outside torch.compile and functorch (the caller knows it is not `traced()`)."""
         if torch.is_grad_enabled():
             for i in self.differentiable:
                 t = inputs[i]

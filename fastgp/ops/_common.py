@@ -129,8 +129,21 @@ def tl_acc(dtype: torch.dtype) -> tl.dtype:
 def chunking(d: int) -> tuple[int, int, int]:
     """``(block, tiles, n_chunks)`` of an elementwise op (interpolation): a program reads ``tiles``
     blocks of ``block`` entries of a row. Short rows get one program each (block shrinks to the
-    row); long rows are split.
+    row); long rows are split. Computed once per row length (and setting of this module's defaults).
     """
+    key = (d, BLOCK_SIZE, TILES_PER_CHUNK)
+    found = _CHUNKS.get(key)
+    if found is None:
+        if len(_CHUNKS) >= 4096:  # one per shape in practice; a process that sees many starts over
+            _CHUNKS.clear()
+        found = _CHUNKS[key] = _chunking(d)
+    return found
+
+
+_CHUNKS: dict[tuple[int, int, int], tuple[int, int, int]] = {}
+
+
+def _chunking(d: int) -> tuple[int, int, int]:
     block = max(16, min(BLOCK_SIZE, next_power_of_2(max(d, 1))))
     tiles = max(1, min(TILES_PER_CHUNK, cdiv(d, block)))
     return block, tiles, max(1, cdiv(d, block * tiles))

@@ -28,6 +28,7 @@ fixed order), and PyTorch's own ``std`` backward carries it on to x.
 # No `from __future__ import annotations`: torch.library.custom_op reads the annotations at
 # runtime to infer the schema, and older torch releases cannot resolve strings.
 import functools
+import struct
 import threading
 from typing import Optional
 
@@ -210,14 +211,16 @@ def _signed(x: int, bits: int) -> int:
     return x - (1 << bits) if x >> (bits - 1) else x
 
 
-def _rng_args(rng: Rng, dummy: Tensor) -> tuple[Tensor, int, int, int, int]:
+# Two unsigned 64-bit words in, their four 32-bit halves out as signed int32, low half first.
+_PACK_SEED, _UNPACK_WORDS = struct.Struct("<QQ"), struct.Struct("<iiii")
+
+
+def _rng_args(rng: Rng, dummy: Tensor) -> tuple:
     """``(seed_ptr, seed_lo, seed_hi, base_lo, base_hi)`` of a launch: the device seed, or the
     32-bit halves of seed and base as signed int32, so that Triton types them i32 whatever they are."""
     if isinstance(rng, Tensor):
         return rng, 0, 0, 0, 0
-    seed, base = rng
-    m = 0xFFFFFFFF
-    return dummy, _signed(seed & m, 32), _signed(seed >> 32, 32), _signed(base & m, 32), _signed(base >> 32, 32)
+    return (dummy, *_UNPACK_WORDS.unpack(_PACK_SEED.pack(*rng)))
 
 
 def rng_state(seed: int | None, device: torch.device, traced: bool = False) -> Rng:
@@ -255,12 +258,8 @@ _DRAW = _Draw()
 
 
 def _interpolate_fwd(real: Tensor, fake: Tensor | None, std: Tensor | None, rng: Rng) -> tuple[Tensor, Tensor]:
-    x_hat = torch.empty_like(real)
-    target = L.rows_target(x_hat)
-    x = L.like(real, target)
-    y = L.like(fake, target) if fake is not None else x
-    B = x.shape[0]
-    d = x.numel() // B
+    x_hat, target, x, B, d, stride = L.rows_out(real)
+    y = x if fake is None else fake if target is x_hat and fake.is_contiguous() else L.like(fake, target)
     acc = C.acc_dtype(real.dtype)
     alpha = torch.empty(B, dtype=acc, device=real.device)
     block, tiles, n_chunks = C.chunking(d)
@@ -274,7 +273,7 @@ def _interpolate_fwd(real: Tensor, fake: Tensor | None, std: Tensor | None, rng:
         alpha,
         alpha if std is None else std,
         seed_ptr,
-        L.row_stride(x),
+        stride,
         d,
         n_chunks,
         *words,
@@ -419,5 +418,8 @@ def interpolate(
     assert real is not None
     std = real.to(C.acc_dtype(real.dtype)).std() if points == "dragan" else None
     fake = None if points == "dragan" else fake
-    x_hat, alpha = _INTERPOLATE(real, fake, std, rng_state(seed, real.device, traced=_autograd.traced()))
+    if _autograd.traced():
+        x_hat, alpha = _INTERPOLATE.op(real, fake, std, rng_state(seed, real.device, traced=True))
+    else:
+        x_hat, alpha = _INTERPOLATE.eager(real, fake, std, rng_state(seed, real.device))
     return x_hat, alpha

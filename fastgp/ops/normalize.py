@@ -177,9 +177,7 @@ def _meta(launcher: Launcher, plan: C.Plan, mode: str, norm: str, acc: torch.dty
 
 
 def _normalize_fwd(scores: Tensor, grad: Tensor, mode: str, norm: str) -> tuple[Tensor, Tensor, Tensor]:
-    g = L.as_rows(grad)
-    B = g.shape[0]
-    d = g.numel() // B
+    g, B, d, stride = L.rows(grad)
     dev = g.device
     acc = C.acc_dtype(scores.dtype, grad.dtype)
     f = scores.reshape(-1).contiguous()
@@ -206,7 +204,7 @@ def _normalize_fwd(scores: Tensor, grad: Tensor, mode: str, norm: str) -> tuple[
             counter,
             norms,
             factor,
-            L.row_stride(g),
+            stride,
             B,
             d,
             plan.n_chunks,
@@ -217,11 +215,7 @@ def _normalize_fwd(scores: Tensor, grad: Tensor, mode: str, norm: str) -> tuple[
 def _normalize_bwd(
     dout: Tensor, scores: Tensor, grad: Tensor, norms: Tensor, factor: Tensor, mode: str, norm: str
 ) -> tuple[Tensor, Tensor]:
-    dgrad = torch.empty_like(grad)
-    target = L.rows_target(dgrad)
-    g = L.like(grad, target)
-    B = g.shape[0]
-    d = g.numel() // B
+    dgrad, target, g, B, d, stride = L.rows_out(grad)
     f = scores.reshape(-1).contiguous()
     dscores = torch.empty(scores.shape, dtype=scores.dtype, device=scores.device)
     plan = C.plan(B, d, g.element_size())
@@ -236,7 +230,7 @@ def _normalize_bwd(
         dout.reshape(-1).contiguous(),
         norms,
         factor,
-        L.row_stride(g),
+        stride,
         B,
         d,
         plan.n_chunks,

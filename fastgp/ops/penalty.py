@@ -365,9 +365,7 @@ def _penalty_fwd(
     output_weight: float,
     grad_scale: Optional[Tensor],  # noqa: UP045
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    g = L.as_rows(grad)
-    B = g.shape[0]
-    d = g.numel() // B
+    g, B, d, stride = L.rows(grad)
     dev = g.device
     acc = C.acc_dtype(grad.dtype)
     plan = C.plan(B, d, g.element_size())
@@ -399,7 +397,7 @@ def _penalty_fwd(
             coef,
             factor,
             grad_scale if grad_scale is not None else penalty,
-            L.row_stride(g),
+            stride,
             B,
             d,
             plan.n_chunks,
@@ -422,11 +420,7 @@ def _penalty_bwd(
     output_weight: float,
     grad_scale: Optional[Tensor],  # noqa: UP045
 ) -> tuple[Tensor, Optional[Tensor]]:  # noqa: UP045
-    dgrad = torch.empty_like(grad)
-    target = L.rows_target(dgrad)
-    g = L.like(grad, target)
-    B = g.shape[0]
-    d = g.numel() // B
+    dgrad, target, g, B, d, stride = L.rows_out(grad)
     plan = C.plan(B, d, g.element_size())
     grid = plan.grid
     has_scores = scores is not None
@@ -446,7 +440,7 @@ def _penalty_bwd(
         f,
         dscores if dscores is not None else norms,
         grad_scale if grad_scale is not None else norms,
-        L.row_stride(g),
+        stride,
         B,
         d,
         plan.n_chunks,
