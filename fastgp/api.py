@@ -329,7 +329,8 @@ def interpolate(
     Differentiable in `real` and `fake`; returns ``x̂`` or ``(x̂, α)``.
     """
     device = validation.points(points, real, fake)
-    seed = validation.seed(seed)
+    if seed is not None:
+        seed = validation.seed(seed)
     validation.choice("backend", backend, _BACKEND_NAMES)
     x_hat, alpha = backends.select(backend, device).interpolate(real, fake, points, seed)
     return (x_hat, alpha) if return_alpha else x_hat

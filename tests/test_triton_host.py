@@ -44,6 +44,17 @@ def test_interpreted_kernels_launch_through_triton():
     assert launcher.cached == (_launch.CACHED and os.environ.get("TRITON_INTERPRET") != "1")
 
 
+def test_a_kind_of_launch_has_one_meta():
+    launcher = interpolate_module._FWD
+    kw = {"DRAGAN": False, "SEED_FROM_PTR": False, "BLOCK_SIZE": 16, "TILES": 1, "ACC": None, "num_warps": 4}
+    meta = launcher.meta(**kw)
+    assert launcher.meta(**dict(reversed(kw.items()))) is meta  # the order of the keywords does not matter
+    assert launcher.meta(**{**kw, "TILES": 2}) is not meta
+    assert meta.kwargs == kw
+    if launcher.cached:  # the compiled kernel's constexprs, in parameter order
+        assert meta.constexprs == tuple(kw[p.name] for p in launcher.kernel.params if p.is_constexpr)
+
+
 def test_int_types_follow_triton():
     assert [_launch._int_type(x) for x in (0, -(2**31), 2**31 - 1, 2**31, -(2**31) - 1, 2**63 - 1, 2**63)] == [
         0,
