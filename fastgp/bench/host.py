@@ -15,12 +15,16 @@ backward ≤ 0.5× eager, `interpolate` ≤ 2× (eager also pays two launches on
 penalty forward + backward ≤ 0.7×, `gradient_penalty(D, real, fake)` overhead beyond D's own forward
 and backward ≤ the hand-written version's; and on the CPU reference path a whole WGAN-GP D step ≤ 1.02×
 the hand-written step (an MLP critic as in ``fastgp demo``, a small conv critic).
+
+Beside the penalty's and the normalisation's rows, an ``autograd-floor`` row times a Python
+`torch.autograd.Function` that computes nothing, with the same inputs and output: what any op
+launched from Python costs before it does anything, so the distance of a goal from it is visible.
 """
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -59,6 +63,38 @@ GOALS = (
         "D step, conv critic", Case("wgan_step", (16, 3, 32, 32), variant="dcgan", width=8), 1.02, ("torch",), cpu=True
     ),
 )
+
+
+FLOOR = "autograd-floor"
+_FLOOR_NOTE = "a Python autograd.Function that computes nothing: the least a Python-launched op costs"
+
+
+class _Nothing(torch.autograd.Function):
+    """The cheapest differentiable op written in Python: it saves its inputs and allocates its
+    output and gradients, as any fused op must, and computes nothing. One input (a penalty's
+    gradient) gives a 0-d output; two (a normalisation's scores and gradient), the first's shape."""
+
+    @staticmethod
+    def forward(ctx: Any, first: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(first, *rest)
+        return first.new_empty(first.shape if rest else ())
+
+    @staticmethod
+    def backward(ctx: Any, _: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.empty_like(t) for t in ctx.saved_tensors)
+
+
+def _floor(case: Case, device: torch.device) -> Callable[[], Any] | None:
+    """The `FLOOR` row of a penalty's or a normalisation's goal: `_Nothing` in the op's place,
+    forward and backward. No fused op launched from Python can cost the host less."""
+    g = torch.randn(case.shape, device=device, requires_grad=True)
+    if case.op == "penalty":
+        return lambda: torch.autograd.grad(_Nothing.apply(g), g)
+    if case.op == "normalize":
+        f = torch.randn(case.shape[0], device=device, requires_grad=True)
+        upstream = torch.randn(case.shape[0], device=device)
+        return lambda: torch.autograd.grad(_Nothing.apply(f, g), (f, g), upstream)
+    return None
 
 
 def host_only_reason(name: str, device: torch.device) -> str | None:
@@ -131,6 +167,10 @@ def run_goal(
         rows.append(row)
         if prepared is not None:
             ready[provider] = prepared.run
+    floor = None if goal.cpu else _floor(goal.case, device)
+    if floor is not None:
+        rows.append(HostRow(goal.name, goal.case.id, goal.case.op, device.type, FLOOR, "ok", _FLOOR_NOTE))
+        ready[FLOOR] = floor
     if ready:
         samples = measure_host(ready, device, warmup_ms=warmup_ms, rep_ms=rep_ms, min_rounds=min_rounds)
         for row in rows:
