@@ -318,32 +318,32 @@ _BWD = Launcher(_penalty_bwd_kernel, fixed=("dg_ptr", "norms_ptr", "coef_ptr", "
 
 
 @functools.cache
-def _fwd_meta(
-    plan: C.Plan, norm: str, constraint: str, is_max: bool, has_scores: bool, has_scale: bool, acc: torch.dtype
+def _meta(
+    launcher: Launcher,
+    plan: C.Plan,
+    norm: str,
+    has_scores: bool,
+    has_scale: bool,
+    acc: torch.dtype,
+    constraint: str | None,
+    is_max: bool,
+    has_dnorms: bool,
 ) -> Meta:
-    return _FWD.meta(
+    """A launch's constexprs: the forward's (`_FWD`: the constraint, the reduction and the finish
+    step's tiling) or the backward's (`_BWD`: whether the norms have an incoming gradient)."""
+    if launcher is _FWD:
+        only = {
+            "CONSTRAINT": CONSTRAINT_IDS[constraint],
+            "MAX": is_max,
+            "FROWS": plan.frows,
+            "FCHUNKS": plan.fchunks,
+            "SPLIT": plan.n_chunks > 1,
+            "ARRIVE": plan.grid > 1,
+        }
+    else:
+        only = {"HAS_DNORMS": has_dnorms}
+    return launcher.meta(
         NORM=C.NORM_IDS[norm],
-        CONSTRAINT=CONSTRAINT_IDS[constraint],
-        MAX=is_max,
-        HAS_SCORES=has_scores,
-        HAS_SCALE=has_scale,
-        ROWS=plan.rows,
-        BLOCK=plan.block,
-        TILES=plan.tiles,
-        FROWS=plan.frows,
-        FCHUNKS=plan.fchunks,
-        SPLIT=plan.n_chunks > 1,
-        ARRIVE=plan.grid > 1,
-        ACC=C.tl_acc(acc),
-        num_warps=plan.warps,
-    )
-
-
-@functools.cache
-def _bwd_meta(plan: C.Plan, norm: str, has_dnorms: bool, has_scores: bool, has_scale: bool, acc: torch.dtype) -> Meta:
-    return _BWD.meta(
-        NORM=C.NORM_IDS[norm],
-        HAS_DNORMS=has_dnorms,
         HAS_SCORES=has_scores,
         HAS_SCALE=has_scale,
         ROWS=plan.rows,
@@ -351,6 +351,7 @@ def _bwd_meta(plan: C.Plan, norm: str, has_dnorms: bool, has_scores: bool, has_s
         TILES=plan.tiles,
         ACC=C.tl_acc(acc),
         num_warps=plan.warps,
+        **only,
     )
 
 
@@ -382,7 +383,7 @@ def _penalty_fwd(
     coef, factor = torch.empty_like(norms), torch.empty_like(norms)
     has_scores = scores is not None
     f = scores.contiguous() if has_scores else penalty
-    meta = _fwd_meta(plan, norm, constraint, is_max, has_scores, grad_scale is not None, acc)
+    meta = _meta(_FWD, plan, norm, has_scores, grad_scale is not None, acc, constraint, is_max, False)
     with C.counter_if(grid > 1, dev, count) as counter:
         _FWD(
             grid,
@@ -429,7 +430,7 @@ def _penalty_bwd(
     dscores = torch.empty_like(f) if has_scores else None
     _BWD(
         grid,
-        _bwd_meta(plan, norm, dnorms is not None, has_scores, grad_scale is not None, norms.dtype),
+        _meta(_BWD, plan, norm, has_scores, grad_scale is not None, norms.dtype, None, False, dnorms is not None),
         g,
         target,
         norms,
