@@ -168,7 +168,9 @@ def _resolved(
         sigma=sigma,
     )
     s["method"] = validation.choice("method", s["method"], first_order.METHODS)
-    if s["method"] != "ar" and not isinstance(sigma, _Default):
+    if s["method"] == "ar":
+        validation.non_negative("sigma", s["sigma"])  # refused here, a sigma of any type never becomes a key
+    elif not isinstance(sigma, _Default):
         raise ValueError(f"sigma and scores apply to method='ar' only, got method={s['method']!r}")
     validation.choice("backend", backend, _BACKEND_NAMES)
     penalty = _penalty_settings.__wrapped__(
@@ -263,7 +265,7 @@ def gradient_penalty(
         sigma,
         output_weight,
         backend,
-        getattr(sample, "dtype", None),
+        sample.dtype if isinstance(sample, Tensor) else None,
     )
     pts = points if own else s["points"]
     device = validation.tensor("points", points).device if own else validation.points(pts, real, fake)
@@ -274,7 +276,10 @@ def gradient_penalty(
         raise ValueError(f"sigma and scores apply to method='ar' only, got method={how!r}")
     if seed is not None:
         seed = validation.seed(seed)
-    args, kwargs = ((), {}) if d_args == () and d_kwargs is None else validation.d_args(d_args, d_kwargs)
+    if d_args.__class__ is tuple and not d_args and d_kwargs is None:
+        args, kwargs = (), {}
+    else:
+        args, kwargs = validation.d_args(d_args, d_kwargs)
     if scaler is not None:
         validation.scaler(scaler)
     validation.grad_enabled("gradient_penalty")

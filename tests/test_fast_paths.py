@@ -140,3 +140,35 @@ def test_backends_named_for_cpu_tensors_follow_the_environment(monkeypatch):
     with pytest.raises(ValueError, match="FASTGP_BACKEND"):
         backends.select("auto", cpu)
     assert not backends._selected or all(d.type == "cuda" for _, d in backends._selected)
+
+
+def test_odd_arguments_get_the_general_refusals():
+    np = pytest.importorskip("numpy")
+    D = torch.nn.Linear(2, 1)
+    real, fake = torch.randn(4, 2), torch.randn(4, 2)
+    with pytest.raises(TypeError, match="d_args must be a tuple"):
+        fastgp.gradient_penalty(D, real, fake, d_args=torch.zeros(0))
+    with pytest.raises(TypeError, match="points must be a str"):
+        validation.points(np.array(["interpolate"]), real, fake)
+    misses = _resolved_cache().cache_info().misses
+    sigma = torch.tensor(0.01)
+    with pytest.raises(TypeError, match="sigma must be a real number"):
+        fastgp.gradient_penalty(D, real, preset="ar1", sigma=sigma)
+    assert _resolved_cache().cache_info().misses == misses + 1 and _resolved_cache().cache_info().currsize <= 256
+    alive = weakref.ref(sigma)
+    del sigma
+    gc.collect()
+    assert alive() is None  # a refusal is not cached, nor is what it refused
+
+
+class _Unhashable:
+    def __hash__(self):
+        raise TypeError("no hash here")
+
+
+def test_memoized_checks_take_arguments_that_cannot_be_hashed_in_any_way():
+    @validation.memoized
+    def check(x):
+        return "checked"
+
+    assert check(_Unhashable()) == "checked"

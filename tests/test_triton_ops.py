@@ -378,13 +378,15 @@ def test_normalize_empty_denominator_and_nan(norm):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "mixed", "sliced"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "mixed", "mixed_other_way", "sliced"])
 def test_interpolate_formula_and_gradients(small_chunks, layout, dtype):
     real, fake = randn(3, 2, 5, 4, dtype=dtype), randn(3, 2, 5, 4, dtype=dtype)
     if layout == "channels_last":
         real, fake = (t.to(memory_format=torch.channels_last) for t in (real, fake))
     elif layout == "mixed":
         fake = fake.to(memory_format=torch.channels_last)
+    elif layout == "mixed_other_way":  # x̂ takes real's layout: fake must be read in it
+        real = real.to(memory_format=torch.channels_last)
     elif layout == "sliced":
         real = randn(3, 2, 5, 8, dtype=dtype)[..., 1::2]
     real, fake = leaf(real), leaf(fake)

@@ -131,21 +131,13 @@ def chunking(d: int) -> tuple[int, int, int]:
     blocks of ``block`` entries of a row. Short rows get one program each (block shrinks to the
     row); long rows are split. Computed once per row length (and setting of this module's defaults).
     """
-    key = (d, BLOCK_SIZE, TILES_PER_CHUNK)
-    found = _CHUNKS.get(key)
-    if found is None:
-        if len(_CHUNKS) >= 4096:  # one per shape in practice; a process that sees many starts over
-            _CHUNKS.clear()
-        found = _CHUNKS[key] = _chunking(d)
-    return found
+    return _chunking(d, BLOCK_SIZE, TILES_PER_CHUNK)
 
 
-_CHUNKS: dict[tuple[int, int, int], tuple[int, int, int]] = {}
-
-
-def _chunking(d: int) -> tuple[int, int, int]:
-    block = max(16, min(BLOCK_SIZE, next_power_of_2(max(d, 1))))
-    tiles = max(1, min(TILES_PER_CHUNK, cdiv(d, block)))
+@functools.lru_cache(maxsize=4096)  # one per shape in practice
+def _chunking(d: int, block_size: int, tiles_per_chunk: int) -> tuple[int, int, int]:
+    block = max(16, min(block_size, next_power_of_2(max(d, 1))))
+    tiles = max(1, min(tiles_per_chunk, cdiv(d, block)))
     return block, tiles, max(1, cdiv(d, block * tiles))
 
 
@@ -176,26 +168,20 @@ class Plan(NamedTuple):
         return cdiv(self.batch, self.rows)
 
 
-_PLANS: dict[tuple[int, ...], Plan] = {}
-
-
 def plan(B: int, d: int, itemsize: int) -> Plan:
     """The cut of a (B, d) reduction for entries of `itemsize` bytes; a pure function of the
     shape and dtype, so the summation order (and the result) is the same on every call, and no
     runtime autotuning can re-launch a kernel inside a CUDA-graph capture. Computed once per
-    shape (and setting of this module's defaults): the host cost of a call is a dict lookup.
+    shape (and setting of this module's defaults): the host cost of a call is a cache lookup.
     """
-    key = (B, d, itemsize, BLOCK_SIZE, TILES_PER_CHUNK, NUM_WARPS, MIN_PROGRAMS, FINISH_TILE)
-    found = _PLANS.get(key)
-    if found is None:
-        if len(_PLANS) >= 4096:  # one per shape in practice; a process that sees many starts over
-            _PLANS.clear()
-        found = _PLANS[key] = _plan(B, d, itemsize)
-    return found
+    return _plan(B, d, itemsize, BLOCK_SIZE, TILES_PER_CHUNK, NUM_WARPS, MIN_PROGRAMS, FINISH_TILE)
 
 
-def _plan(B: int, d: int, itemsize: int) -> Plan:
-    """`plan`, computed:
+@functools.lru_cache(maxsize=4096)  # one per shape in practice
+def _plan(
+    B: int, d: int, itemsize: int, block_size: int, tiles_per_chunk: int, num_warps: int, min_programs: int, finish: int
+) -> Plan:
+    """`plan`, computed (the module's defaults arrive as arguments, so that they key the cache):
 
     - Short rows (d at most one 4 KB tile): many rows per program, a [rows, block] tile of at
       most 4 KB, and fewer warps when the whole batch is smaller (B=4096, d=2: eight programs of
@@ -209,21 +195,21 @@ def _plan(B: int, d: int, itemsize: int) -> Plan:
     warps each thread issues two 16-byte loads per tile: enough bytes in flight per SM to reach
     the memory bandwidth with a few programs per SM, few enough registers not to spill.
     """
-    block = max(2, BLOCK_SIZE * 4 // itemsize)
+    block = max(2, block_size * 4 // itemsize)
     if d <= block:
         block = next_power_of_2(max(d, 1))
-        rows = min(next_power_of_2(B), max(1, (BLOCK_SIZE * 4 // itemsize) // block))
+        rows = min(next_power_of_2(B), max(1, (block_size * 4 // itemsize) // block))
         tiles = n_chunks = 1
     else:
         rows = 1
-        tiles = min(TILES_PER_CHUNK, cdiv(d, block))
-        while tiles > 1 and B * cdiv(d, block * tiles) < MIN_PROGRAMS:
+        tiles = min(tiles_per_chunk, cdiv(d, block))
+        while tiles > 1 and B * cdiv(d, block * tiles) < min_programs:
             tiles = cdiv(tiles, 2)
         n_chunks = cdiv(d, block * tiles)
     # Two 16-byte loads per thread per tile: the warps a 4 KB tile needs, fewer for a smaller one.
-    warps = min(NUM_WARPS, max(1, next_power_of_2(rows * block * itemsize) // 1024))
-    fchunks = min(next_power_of_2(n_chunks), FINISH_TILE)
-    frows = min(next_power_of_2(B), max(1, FINISH_TILE // fchunks))
+    warps = min(num_warps, max(1, next_power_of_2(rows * block * itemsize) // 1024))
+    fchunks = min(next_power_of_2(n_chunks), finish)
+    frows = min(next_power_of_2(B), max(1, finish // fchunks))
     return Plan(B, rows, block, tiles, n_chunks, warps, frows, fchunks, cdiv(B, rows) * n_chunks)
 
 

@@ -163,7 +163,7 @@ class Launcher:
     def meta(self, **kwargs: Any) -> Meta:
         """The `Meta` of these constexprs and options (``num_warps`` ...): the same object for the
         same values. Ops make theirs once per kind of launch (functools.cache) and pass it on."""
-        key = tuple(sorted(kwargs.items()))
+        key = tuple((k, v.__class__, v) for k, v in sorted(kwargs.items()))  # 1, 1.0, True: three keys
         meta = self._metas.get(key)
         if meta is None:
             if len(self._metas) >= _MAX_ENTRIES:

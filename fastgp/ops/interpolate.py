@@ -190,19 +190,28 @@ _FWD = Launcher(_interpolate_fwd_kernel, fixed=("x_hat_ptr", "alpha_ptr", *_SEED
 _BWD = Launcher(_interpolate_bwd_kernel, fixed=("dstd_part_ptr", *_SEED_WORDS))
 
 
-@functools.cache
+@functools.lru_cache(maxsize=4096)
 def _meta(
-    launcher: Launcher, block: int, tiles: int, dragan: bool, device_seed: bool, acc: torch.dtype, **flags: bool
+    launcher: Launcher,
+    block: int,
+    tiles: int,
+    warps: int,
+    dragan: bool,
+    device_seed: bool,
+    acc: torch.dtype,
+    has_dreal: bool = False,
+    has_dfake: bool = False,
 ) -> Meta:
-    """A launch's constexprs: `flags` are the backward's (HAS_DREAL, HAS_DFAKE)."""
+    """A launch's constexprs: the forward's, or the backward's (`_BWD`: which gradients it writes)."""
+    only = {"HAS_DREAL": has_dreal, "HAS_DFAKE": has_dfake} if launcher is _BWD else {}
     return launcher.meta(
         DRAGAN=dragan,
         SEED_FROM_PTR=device_seed,
-        **flags,
         BLOCK_SIZE=block,
         TILES=tiles,
         ACC=C.tl_acc(acc),
-        num_warps=C.NUM_WARPS,
+        num_warps=warps,
+        **only,
     )
 
 
@@ -259,14 +268,14 @@ _DRAW = _Draw()
 
 def _interpolate_fwd(real: Tensor, fake: Tensor | None, std: Tensor | None, rng: Rng) -> tuple[Tensor, Tensor]:
     x_hat, target, x, B, d, stride = L.rows_out(real)
-    y = x if fake is None else fake if target is x_hat and fake.is_contiguous() else L.like(fake, target)
+    y = x if fake is None else L.like(fake, target)
     acc = C.acc_dtype(real.dtype)
     alpha = torch.empty(B, dtype=acc, device=real.device)
     block, tiles, n_chunks = C.chunking(d)
     seed_ptr, *words = _rng_args(rng, alpha)
     _FWD(
         B * n_chunks,
-        _meta(_FWD, block, tiles, std is not None, seed_ptr is not alpha, acc),
+        _meta(_FWD, block, tiles, C.NUM_WARPS, std is not None, seed_ptr is not alpha, acc),
         x,
         y,
         target,
@@ -295,7 +304,7 @@ def _interpolate_bwd(
     parts = torch.empty(B * n_chunks if dragan else 1, dtype=alpha.dtype, device=g.device)
     seed_ptr, *words = _rng_args(rng, parts) if dragan else (parts, 0, 0, 0, 0)
     device_seed = seed_ptr is not parts
-    meta = _meta(_BWD, block, tiles, dragan, device_seed, alpha.dtype, HAS_DREAL=need_real, HAS_DFAKE=need_fake)
+    meta = _meta(_BWD, block, tiles, C.NUM_WARPS, dragan, device_seed, alpha.dtype, need_real, need_fake)
     _BWD(
         B * n_chunks,
         meta,

@@ -160,7 +160,7 @@ _FWD = Launcher(
 _BWD = Launcher(_normalize_bwd_kernel, fixed=("dg_ptr", "df_ptr", "norms_ptr", "factor_ptr"))
 
 
-@functools.cache
+@functools.lru_cache(maxsize=4096)  # one per shape and setting in practice
 def _meta(launcher: Launcher, plan: C.Plan, mode: str, norm: str, acc: torch.dtype) -> Meta:
     """The forward's constexprs (`_FWD`), or the backward's (`_BWD`: the same, less the finish's)."""
     finish = {"FROWS": plan.frows, "FCHUNKS": plan.fchunks, "SPLIT": plan.n_chunks > 1} if launcher is _FWD else {}

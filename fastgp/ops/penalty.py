@@ -317,7 +317,7 @@ _FWD = Launcher(
 _BWD = Launcher(_penalty_bwd_kernel, fixed=("dg_ptr", "norms_ptr", "coef_ptr", "factor_ptr", "df_ptr", *_FLOATS[4:]))
 
 
-@functools.cache
+@functools.lru_cache(maxsize=4096)  # one per shape and setting in practice
 def _meta(
     launcher: Launcher,
     plan: C.Plan,
