@@ -11,4 +11,6 @@ for cases in 'penalty/*/fp32/*' 'penalty/*/bf16/*' 'penalty/*/fp16/*' interpolat
     # A wrong or failing provider makes `fastgp bench` exit 1; run the rest, then report it.
     python -m fastgp bench --device cuda --cases "$cases" --out "$out" || status=1
 done
+# Host µs per call against the host goals, with real launches (and the autograd floor beside them).
+python -m fastgp bench --host --device cuda --out "$out" || status=1
 exit "$status"
