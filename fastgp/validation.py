@@ -200,8 +200,10 @@ def memoized(check: Callable[..., Any]) -> Callable[..., Any]:
         except TypeError:
             try:
                 hash(args)
-            except TypeError:  # unhashable arguments: ask the check itself
-                return check(*args)
-            raise  # the check's own refusal
+            except TypeError:  # unhashable arguments: ask the check itself, below (no chained traceback)
+                pass
+            else:
+                raise  # the check's own refusal
+        return check(*args)
 
     return call

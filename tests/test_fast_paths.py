@@ -172,3 +172,9 @@ def test_memoized_checks_take_arguments_that_cannot_be_hashed_in_any_way():
         return "checked"
 
     assert check(_Unhashable()) == "checked"
+
+
+def test_a_refusal_of_an_unhashable_setting_reads_as_itself():
+    with pytest.raises(TypeError, match="norm must be a str") as caught:
+        fastgp.penalty_from_grad(torch.randn(2, 3), norm=["l2"])
+    assert caught.value.__context__ is None  # not "during handling of: unhashable type"
