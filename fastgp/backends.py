@@ -135,19 +135,8 @@ def _resolve(device: torch.device, name: str) -> str:
 
 def select(backend: str, device: torch.device) -> ModuleType:
     """The backend module for tensors on `device`; raises ValueError if `backend` cannot run there."""
-    # A backend named for CUDA tensors depends on nothing that may change while the process runs
-    # (`auto` reads FASTGP_BACKEND, triton on the CPU TRITON_INTERPRET): one lookup.
-    module = _selected.get((backend, device)) if device.type == "cuda" and backend != "auto" else None
-    if module is None:
-        name = backend_for(device, backend)
-        module = _loaded.get(name) or _load(name)
-        if device.type == "cuda" and backend == name and not torch.compiler.is_compiling():
-            _selected[(backend, device)] = module
-    return module
-
-
-# Modules of the backends chosen by name for CUDA devices.
-_selected: dict[tuple[str, torch.device], ModuleType] = {}
+    name = backend_for(device, backend)
+    return _loaded.get(name) or _load(name)
 
 
 # importlib is opaque to torch.compile (a graph break, an error under fullgraph=True), so a backend is

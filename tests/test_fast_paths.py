@@ -139,7 +139,6 @@ def test_backends_named_for_cpu_tensors_follow_the_environment(monkeypatch):
     monkeypatch.setenv("FASTGP_BACKEND", "nope")
     with pytest.raises(ValueError, match="FASTGP_BACKEND"):
         backends.select("auto", cpu)
-    assert not backends._selected or all(d.type == "cuda" for _, d in backends._selected)
 
 
 def test_odd_arguments_get_the_general_refusals():

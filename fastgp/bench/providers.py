@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import platform
 from collections.abc import Callable, Iterator, Sequence
@@ -140,20 +141,22 @@ def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     return torch.compile(fn, dynamic=False)
 
 
+def _head(provider: str, eager: Callable[..., Any], fused: Callable[..., Any], **fixed: Any) -> Callable[..., Any]:
+    """What `provider` calls for one fused op: the `eager` baseline, its torch.compile, or fastgp's
+    public function `fused` on the provider's backend (with the `fixed` keywords)."""
+    if provider == "eager":
+        return eager
+    if provider == "compile":
+        return _compiled(eager)
+    return functools.partial(fused, backend=backend_of(provider), **fixed)
+
+
 def _prepare_penalty(case: Case, provider: str, device: torch.device) -> Prepared:
     gen = _generator(device, case)
     g = _randn(case.shape, case.torch_dtype, device, gen).requires_grad_(True)
     kw = {"norm": case.norm, "constraint": "ls", "center": 1.0, "weight": 10.0}
 
-    if provider == "eager":
-        head = eager_penalty
-    elif provider == "compile":
-        head = _compiled(eager_penalty)
-    else:
-        backend = backend_of(provider)
-
-        def head(grad: Tensor, **k: Any) -> Tensor:
-            return fastgp.penalty_from_grad(grad, backend=backend, **k)
+    head = _head(provider, eager_penalty, fastgp.penalty_from_grad)
 
     def run() -> tuple[Tensor, Tensor]:
         penalty = head(g, **kw)
@@ -173,15 +176,7 @@ def _prepare_interpolate(case: Case, provider: str, device: torch.device) -> Pre
     real = _randn(case.shape, case.torch_dtype, device, gen)
     fake = _randn(case.shape, case.torch_dtype, device, gen)
 
-    if provider == "eager":
-        interp = eager_interpolate
-    elif provider == "compile":
-        interp = _compiled(eager_interpolate)
-    else:
-        backend = backend_of(provider)
-
-        def interp(r: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
-            return fastgp.interpolate(r, f, backend=backend, return_alpha=True)
+    interp = _head(provider, eager_interpolate, fastgp.interpolate, return_alpha=True)
 
     def run() -> tuple[Tensor, Tensor]:
         return interp(real, fake)
@@ -207,18 +202,10 @@ def _prepare_normalize(case: Case, provider: str, device: torch.device) -> Prepa
     upstream = _randn((case.shape[0],), case.torch_dtype, device, gen)
     mode, norm = case.variant, case.norm
 
-    if provider == "eager":
-        fn = eager_normalize
-    elif provider == "compile":
-        fn = _compiled(eager_normalize)
-    else:
-        backend = backend_of(provider)
-
-        def fn(f: Tensor, grad: Tensor, m: str, n: str) -> Tensor:
-            return fastgp.normalize(f, grad, mode=m, norm=n, backend=backend)
+    fn = _head(provider, eager_normalize, fastgp.normalize)
 
     def fwd_bwd(f_fn: Callable[..., Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        out = f_fn(scores, g, mode, norm)
+        out = f_fn(scores, g, mode=mode, norm=norm)
         d_scores, d_g = torch.autograd.grad(out, (scores, g), upstream)
         return out, d_scores, d_g
 
